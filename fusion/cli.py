@@ -1,0 +1,66 @@
+"""The ``fusion`` command: one entry point, one sub-command per module.
+
+Each sub-command lives in its own module as ``add_arguments(parser)`` and ``run(args) -> int``;
+they are imported lazily so ``fusion info`` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from fusion.errors import FusionError
+
+#: sub-command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sim": ("fusion.sim.cli", "simulate a drive into a recording"),
+    "import": ("fusion.datasets.cli", "import a real dataset into a recording"),
+    "info": ("fusion.recording_cli", "summarise a recording"),
+    "play": ("fusion.recording_cli:play", "publish a recording's topics"),
+    "record": ("fusion.recording_cli:record", "record topics to an MCAP file"),
+    "recover": ("fusion.recording_cli:recover", "recover the complete chunks of a damaged recording"),
+    "train": ("fusion.train", "train the fusion model"),
+    "eval": ("fusion.evaluate", "evaluate a model on a recording"),
+    "launch": ("fusion.launch", "start a node graph from YAML"),
+    "keys": ("fusion.security", "make CurveZMQ key pairs"),
+}
+
+
+def _load(spec: str):
+    module_name, _, prefix = spec.partition(":")
+    module = importlib.import_module(module_name)
+    add = getattr(module, f"add_{prefix}_arguments" if prefix else "add_arguments")
+    run = getattr(module, f"run_{prefix}" if prefix else "run")
+    return add, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="fusion", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    wanted = next((a for a in argv if a in COMMANDS), None)
+    for name, (spec, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == wanted:
+            add, run = _load(spec)
+            add(p)
+            p.set_defaults(_run=run)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except FusionError as exc:
+        print(f"fusion {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
