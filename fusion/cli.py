@@ -20,7 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("fusion.recording_cli", "summarise a recording"),
     "play": ("fusion.recording_cli:play", "publish a recording's topics"),
     "record": ("fusion.recording_cli:record", "record topics to an MCAP file"),
-    "recover": ("fusion.recording_cli:recover", "recover the complete chunks of a damaged recording"),
+    "recover": (
+        "fusion.recording_cli:recover",
+        "recover the complete chunks of a damaged recording",
+    ),
     "train": ("fusion.train", "train the fusion model"),
     "eval": ("fusion.evaluate", "evaluate a model on a recording"),
     "launch": ("fusion.launch", "start a node graph from YAML"),

@@ -77,7 +77,11 @@ def encode(topic: str, msg: Message) -> list[Frame]:
     for name, (dtype, ndims) in cls.ARRAY_FIELDS.items():
         array = getattr(msg, name)
         if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim not in ndims:
-            got = f"{array.dtype} with {array.ndim} dims" if isinstance(array, np.ndarray) else type(array).__name__
+            got = (
+                f"{array.dtype} with {array.ndim} dims"
+                if isinstance(array, np.ndarray)
+                else type(array).__name__
+            )
             raise EncodeError(
                 f"{cls.__name__}.{name} must be a numpy array of dtype {dtype} with "
                 f"{' or '.join(map(str, ndims))} dims, got {got}"
@@ -103,13 +107,13 @@ def decode_header(header_bytes: Frame) -> dict[str, Any]:
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise DecodeError(f"header is not valid msgpack: {exc}") from exc
     if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
-        keys = sorted(header) if isinstance(header, dict) else type(header).__name__
+        keys = [repr(k) for k in header] if isinstance(header, dict) else type(header).__name__
         raise DecodeError(f"header must be a map with keys {sorted(_HEADER_KEYS)}, got {keys}")
     if header["v"] != SCHEMA_VERSION:
         raise DecodeError(
             f"unknown schema version {header['v']!r}; this build reads {SCHEMA_VERSION}"
         )
-    if header["type"] not in MESSAGE_TYPES:
+    if not isinstance(header["type"], str) or header["type"] not in MESSAGE_TYPES:
         raise DecodeError(f"unknown message type {header['type']!r}")
     return header
 
@@ -153,7 +157,7 @@ def _as_view(frame: Any) -> memoryview:
 def _check_fields(cls: type[Message], fields: Any) -> dict[str, Any]:
     expected = _scalar_fields(cls)
     if not isinstance(fields, dict) or set(fields) != set(expected):
-        got = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
+        got = [repr(k) for k in fields] if isinstance(fields, dict) else type(fields).__name__
         raise DecodeError(f"{cls.__name__} fields must be {sorted(expected)}, got {got}")
     for name, hint in expected.items():
         if not _matches(fields[name], hint):
@@ -184,34 +188,47 @@ def _check_buffers(
     if not isinstance(specs, list) or len(specs) != len(expected):
         raise DecodeError(f"{cls.__name__} needs {len(expected)} buffer specs, got {specs!r:.80}")
     if len(views) != len(expected):
-        raise DecodeError(
-            f"{cls.__name__} needs {len(expected)} buffer frames, got {len(views)}"
-        )
+        raise DecodeError(f"{cls.__name__} needs {len(expected)} buffer frames, got {len(views)}")
     arrays = {}
     for spec, view in zip(specs, views, strict=True):
-        if not (isinstance(spec, list) and len(spec) == 3 and spec[0] in expected):
+        if not (
+            isinstance(spec, list)
+            and len(spec) == 3
+            and isinstance(spec[0], str)
+            and spec[0] in expected
+        ):
             raise DecodeError(f"bad buffer spec {spec!r:.80} for {cls.__name__}")
         name, descr, shape = spec
         dtype, ndims = cls.ARRAY_FIELDS[name]
         if descr != expected[name]:
-            raise DecodeError(f"{cls.__name__}.{name} has dtype {descr!r:.120}, expected {expected[name]!r}")
+            raise DecodeError(
+                f"{cls.__name__}.{name} has dtype {descr!r:.120}, expected {expected[name]!r}"
+            )
         if (
             not isinstance(shape, list)
             or len(shape) not in ndims
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape)
+            or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
+            )
         ):
             raise DecodeError(f"{cls.__name__}.{name} has invalid shape {shape!r:.80}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if nbytes > MAX_BUFFER_BYTES:
-            raise DecodeError(f"{cls.__name__}.{name} declares {nbytes} bytes, limit {MAX_BUFFER_BYTES}")
+            raise DecodeError(
+                f"{cls.__name__}.{name} declares {nbytes} bytes, limit {MAX_BUFFER_BYTES}"
+            )
         if len(view) != nbytes:
             raise DecodeError(
                 f"{cls.__name__}.{name} buffer is {len(view)} bytes, shape {shape} of {dtype} "
                 f"needs {nbytes}"
             )
-        arrays[name] = np.frombuffer(view, dtype=dtype).reshape(shape) if nbytes else np.zeros(shape, dtype)
+        arrays[name] = (
+            np.frombuffer(view, dtype=dtype).reshape(shape) if nbytes else np.zeros(shape, dtype)
+        )
         if name in arrays and arrays[name].flags.writeable:
             arrays[name].flags.writeable = False
     if set(arrays) != set(expected):
-        raise DecodeError(f"{cls.__name__} buffers must be {sorted(expected)}, got {sorted(arrays)}")
+        raise DecodeError(
+            f"{cls.__name__} buffers must be {sorted(expected)}, got {sorted(arrays)}"
+        )
     return arrays

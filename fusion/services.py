@@ -75,7 +75,9 @@ def endpoint(topic: str, overrides: dict[str, str] | None = None) -> str:
     url = (overrides or {}).get(topic) or os.environ.get(f"FUSION_ENDPOINT_{topic.upper()}")
     if url:
         if not url.startswith(("ipc://", "tcp://", "inproc://")):
-            raise ConfigError(f"endpoint for {topic!r} must start with ipc://, tcp:// or inproc://, got {url!r}")
+            raise ConfigError(
+                f"endpoint for {topic!r} must start with ipc://, tcp:// or inproc://, got {url!r}"
+            )
         return url
     return f"ipc://{ipc_dir()}/{svc.topic}.sock"
 

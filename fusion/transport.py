@@ -1,0 +1,314 @@
+"""Publish and subscribe over ZeroMQ: sockets, delivery modes and their counters.
+
+One `Publisher` per topic binds the topic's endpoint (``ipc://`` on one host, ``tcp://`` across
+hosts; see `fusion.services`); any number of `Subscriber`s connect to it. Frames are sent without
+a copy and decoded into numpy views of the received frames without a copy.
+
+Transport behaviour that surprises people, stated up front:
+
+- **Late subscribers lose messages.** A PUB socket sends only to subscribers connected at that
+  moment. A publisher that must not lose the first messages (the player, feeding a recorder)
+  calls `Publisher.wait_for_subscribers` first; it sees subscriptions arrive because it is an
+  XPUB socket.
+- **Queues drop at the high-water mark.** ZeroMQ drops, silently, whole messages for a
+  subscriber whose queue is full. Every message carries a per-sensor ``seq``, so a subscriber
+  counts what it never saw as ``lost`` (gaps in ``seq``) instead of losing it silently.
+- **Latest-only keeps multipart messages.** ``ZMQ_CONFLATE`` breaks multipart messages, so
+  latest-only delivery is done here: a bounded receive queue, drained on each `recv`, keeping the
+  newest valid message and counting the older ones as ``skipped``. (A small queue would be
+  wrong: at a full queue ZeroMQ drops the newest message, not the oldest.)
+- **Garbage is counted, never fatal.** A malformed message is counted as ``rejected`` and logged
+  (rate-limited); `recv` goes on to the next one.
+- **Set options before connecting.** Changing the high-water mark on a connected socket can
+  deadlock the sender, so every option is set before ``bind``/``connect``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from fusion import codec, services
+from fusion.errors import ConfigError, DecodeError
+from fusion.messages import Message
+
+log = logging.getLogger(__name__)
+
+#: Send queue per subscriber for latest-only topics: a stale camera frame is worth nothing, and
+#: a deep queue of 2.7 MB frames behind a stalled subscriber would cost gigabytes.
+LATEST_ONLY_SNDHWM = 16
+#: Receive queue of a latest-only subscriber. ZeroMQ drops the *newest* message at a full queue,
+#: so the queue must be deep enough that a consumer draining it on every `recv` never fills it
+#: (32 frames = 1.6 s of a 20 Hz camera); `recv` then returns the newest and skips the rest.
+LATEST_ONLY_RCVHWM = 32
+#: Send queue per subscriber for queued topics.
+QUEUED_SNDHWM = 1000
+LINGER_MS = 200
+#: Largest multipart message a subscriber accepts (bounds what a peer can make us allocate).
+MAX_MESSAGE_BYTES = 4 * codec.MAX_BUFFER_BYTES
+
+
+class RateLimitedLog:
+    """Log a recurring problem at most once per `period_s`, with how often it happened."""
+
+    def __init__(self, logger: logging.Logger, period_s: float = 5.0) -> None:
+        self._logger = logger
+        self._period_ns = int(period_s * 1e9)
+        self._last_ns: dict[str, int] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str) -> None:
+        now = time.monotonic_ns()
+        if now - self._last_ns.get(key, -self._period_ns) >= self._period_ns:
+            extra = self._suppressed.pop(key, 0)
+            suffix = f" (+{extra} more since last report)" if extra else ""
+            self._logger.warning("%s%s", message, suffix)
+            self._last_ns[key] = now
+        else:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+
+
+def _check_endpoint(url: str, bind: bool) -> None:
+    if url.startswith("tcp://") and bind:
+        host = url[len("tcp://") :].rpartition(":")[0]
+        if host in ("*", "0.0.0.0", "[::]", "::") and not _allow_public_bind():
+            raise ConfigError(
+                f"refusing to bind {url} on all interfaces; bind to a specific address or set "
+                "FUSION_ALLOW_PUBLIC_BIND=1 to make it explicit"
+            )
+
+
+def _allow_public_bind() -> bool:
+    return os.environ.get("FUSION_ALLOW_PUBLIC_BIND") == "1"
+
+
+class Publisher:
+    """Publishes messages of one topic.
+
+    `send` stamps ``trace["published"]`` and sends ``[topic, header, buffers...]`` without copying
+    the arrays: do not modify a sent array afterwards. By default it binds the topic's endpoint;
+    pass ``bind=False`` to connect to a subscriber that binds instead.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        endpoint: str | None = None,
+        *,
+        bind: bool = True,
+        sndhwm: int | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        svc = services.service(topic)
+        self.topic = topic
+        self.endpoint = endpoint or services.endpoint(topic)
+        self.sent = 0
+        self._topic_frame = topic.encode()
+        self._subscriptions = 0
+        ctx = context or zmq.Context.instance()
+        self.socket = ctx.socket(zmq.XPUB)
+        self.socket.setsockopt(zmq.LINGER, LINGER_MS)
+        hwm = sndhwm or (LATEST_ONLY_SNDHWM if svc.latest_only else QUEUED_SNDHWM)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
+        self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)
+        _check_endpoint(self.endpoint, bind)
+        try:
+            if bind:
+                self.socket.bind(self.endpoint)
+            else:
+                self.socket.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close(0)
+            raise ConfigError(
+                f"cannot {'bind' if bind else 'connect'} {self.endpoint}: {exc}"
+            ) from exc
+
+    def send(self, msg: Message) -> None:
+        msg.trace["published"] = time.monotonic_ns()
+        frames = codec.encode(self.topic, msg)
+        self.socket.send_multipart(frames, copy=False)
+        self.sent += 1
+
+    def send_frames(self, frames: list) -> None:
+        """Send already-encoded frames (the player republishing recorded bytes)."""
+        self.socket.send_multipart(frames, copy=False)
+        self.sent += 1
+
+    def subscriber_count(self) -> int:
+        """Subscriptions to this topic seen so far (connects minus disconnects)."""
+        while self.socket.poll(0, zmq.POLLIN):
+            event = self.socket.recv()
+            if event[:1] in (b"\x00", b"\x01") and self._topic_frame.startswith(event[1:]):
+                self._subscriptions += 1 if event[:1] == b"\x01" else -1
+        return self._subscriptions
+
+    def wait_for_subscribers(self, count: int = 1, timeout_s: float = 5.0) -> bool:
+        """Block until `count` subscribers have subscribed, or `timeout_s` passes.
+
+        Returns whether they all arrived. Use this before sending messages that must not be
+        lost to a subscriber that is still connecting (ZeroMQ's "slow joiner").
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.subscriber_count() < count:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                return False
+            self.socket.poll(min(remaining_ms, 50), zmq.POLLIN)
+        # The subscription reaches us slightly before the subscriber's pipe is ready.
+        time.sleep(0.02)
+        return True
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class SubscriberStats:
+    """What a subscriber saw. Every message that arrived is exactly one of: delivered by
+    `recv`, ``skipped`` (an older message dropped by latest-only delivery) or ``rejected``
+    (malformed). ``lost`` counts messages that never arrived (gaps in ``seq``: high-water-mark
+    drops or a network loss); ``restarts`` counts a sender whose ``seq`` went backwards."""
+
+    received: int = 0
+    delivered: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    lost: int = 0
+    restarts: int = 0
+    last_receive_ns: int = 0
+    last_error: str = ""
+    last_seq: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            k: getattr(self, k)
+            for k in ("received", "delivered", "skipped", "rejected", "lost", "restarts")
+        }
+
+
+class Subscriber:
+    """Receives messages of one topic, latest-only or queued (the registry's default).
+
+    `recv` returns the next message (queued) or the newest one (latest-only), or None on
+    timeout; malformed messages are counted in `stats` and skipped, never raised.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        endpoint: str | None = None,
+        *,
+        latest_only: bool | None = None,
+        queue_size: int | None = None,
+        bind: bool = False,
+        context: zmq.Context | None = None,
+    ) -> None:
+        svc = services.service(topic)
+        self.topic = topic
+        self.endpoint = endpoint or services.endpoint(topic)
+        self.latest_only = svc.latest_only if latest_only is None else latest_only
+        self.stats = SubscriberStats()
+        self._log = RateLimitedLog(log)
+        ctx = context or zmq.Context.instance()
+        self.socket = ctx.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        rcvhwm = LATEST_ONLY_RCVHWM if self.latest_only else (queue_size or svc.queue_size)
+        self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        _check_endpoint(self.endpoint, bind)
+        try:
+            if bind:
+                self.socket.bind(self.endpoint)
+            else:
+                self.socket.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close(0)
+            raise ConfigError(
+                f"cannot {'bind' if bind else 'connect'} {self.endpoint}: {exc}"
+            ) from exc
+
+    def recv(self, timeout_ms: int | None = 0) -> Message | None:
+        """The next (queued) or newest (latest-only) valid message, or None after `timeout_ms`
+        (0: do not wait; None: wait forever)."""
+        got = self.recv_with_frames(timeout_ms)
+        return got[1] if got else None
+
+    def recv_with_frames(
+        self, timeout_ms: int | None = 0
+    ) -> tuple[list[zmq.Frame], Message] | None:
+        """As `recv`, also returning the received frames (to record them byte for byte)."""
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            newest = self._drain_one_batch()
+            if newest is not None:
+                return newest
+            wait_ms = -1 if deadline is None else int((deadline - time.monotonic()) * 1000)
+            if deadline is not None and wait_ms <= 0:
+                return None
+            if not self.socket.poll(wait_ms, zmq.POLLIN):
+                return None
+
+    def _drain_one_batch(self) -> tuple[list[zmq.Frame], Message] | None:
+        newest = None
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            now_ns = time.monotonic_ns()
+            self.stats.received += 1
+            self.stats.last_receive_ns = now_ns
+            msg = self._decode(frames)
+            if msg is None:
+                continue
+            msg.trace["received"] = now_ns
+            if newest is not None:
+                self.stats.skipped += 1
+            newest = (frames, msg)
+            if not self.latest_only:
+                break
+        if newest is not None:
+            self.stats.delivered += 1
+        return newest
+
+    def _decode(self, frames: list[zmq.Frame]) -> Message | None:
+        try:
+            topic, msg = codec.decode(frames)
+            if topic != self.topic:
+                raise DecodeError(f"topic {topic!r} on the {self.topic!r} subscription")
+        except DecodeError as exc:
+            self.stats.rejected += 1
+            self.stats.last_error = str(exc)
+            self._log.warning("rejected", f"{self.topic}: rejected malformed message: {exc}")
+            return None
+        self._track_seq(msg)
+        return msg
+
+    def _track_seq(self, msg: Message) -> None:
+        last = self.stats.last_seq.get(msg.sensor_id)
+        if last is not None:
+            if msg.seq > last + 1:
+                self.stats.lost += msg.seq - last - 1
+            elif msg.seq <= last:
+                self.stats.restarts += 1
+        self.stats.last_seq[msg.sensor_id] = msg.seq
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,30 @@
+"""Shared fixtures: every test gets its own ipc socket folder, so parallel runs never collide."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ASTYX_ROOT = REPO.parent / "shared" / "realdata" / "astyx_hires2019"
+
+
+@pytest.fixture(autouse=True)
+def ipc_dir(monkeypatch: pytest.MonkeyPatch):
+    # ipc paths are limited to ~107 bytes, so keep the folder short rather than under tmp_path.
+    path = tempfile.mkdtemp(prefix="fx-")
+    monkeypatch.setenv("FUSION_IPC_DIR", path)
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def astyx_root() -> Path:
+    if not ASTYX_ROOT.is_dir():
+        pytest.skip(
+            f"real data not found at {ASTYX_ROOT} (needs ../shared/realdata beside the repo)"
+        )
+    return ASTYX_ROOT

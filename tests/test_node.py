@@ -1,0 +1,100 @@
+"""Node runtime: input health as data, shutdown flag, latency stats, test doubles."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from fusion.messages import CameraFrame, RadarScan, empty_points
+from fusion.node import InputMonitor, Inputs, LatencyStats, ShutdownFlag, StatsLine
+from fusion.testing import FakePublisher, FakeSubscriber
+
+
+def scan(seq: int) -> RadarScan:
+    return RadarScan(points=empty_points(3), seq=seq, sensor_id="radar")
+
+
+def test_monitor_alive_on_rate_and_silent() -> None:
+    mon = InputMonitor("radar", nominal_rate_hz=10.0)
+    assert not mon.health(0).alive
+    for i in range(10):
+        mon.observe(i * 100_000_000, None)
+    h = mon.health(950_000_000)
+    assert h.alive and h.on_rate and h.valid and h.rate_hz == pytest.approx(10.0)
+    late = mon.health(900_000_000 + 600_000_000)
+    assert not late.alive and "silent" in late.problem
+
+
+def test_monitor_off_rate() -> None:
+    mon = InputMonitor("camera", nominal_rate_hz=20.0)
+    for i in range(10):
+        mon.observe(i * 200_000_000, None)  # 5 Hz
+    h = mon.health(1_850_000_000)
+    assert h.alive and not h.on_rate and h.rate_hz == pytest.approx(5.0)
+
+
+def test_inputs_marks_invalid_messages_and_recovers() -> None:
+    radar = FakeSubscriber("radar", [scan(0), scan(1)])
+    inputs = Inputs(
+        {"radar": radar}, validators={"radar": lambda m: "empty" if m.seq == 1 else None}
+    )
+    got = inputs.poll(0)
+    assert [m.seq for m in got["radar"]] == [0, 1]
+    assert not inputs.health("radar").valid and inputs.health("radar").problem == "empty"
+    radar.push(scan(2))
+    inputs.poll(0)
+    assert inputs.health("radar").ok
+    assert inputs.counters()["radar"]["invalid"] == 1
+
+
+def test_inputs_validator_exception_is_contained() -> None:
+    inputs = Inputs(
+        {"radar": FakeSubscriber("radar", [scan(0)])}, validators={"radar": lambda m: 1 / 0}
+    )
+    inputs.poll(0)
+    assert "ZeroDivisionError" in inputs.health("radar").problem
+
+
+def test_inputs_latest_only_gives_one_newest() -> None:
+    image = np.zeros((4, 4, 3), np.uint8)
+    cam = FakeSubscriber("camera", [CameraFrame(image=image, seq=i) for i in range(5)])
+    got = Inputs({"camera": cam}).poll(0)
+    assert [m.seq for m in got["camera"]] == [4]
+    assert cam.stats.skipped == 4
+
+
+def test_fake_publisher_round_trips_through_the_codec() -> None:
+    pub = FakePublisher("radar")
+    pub.send(scan(7))
+    assert pub.sent[0].seq == 7 and "published" in pub.sent[0].trace
+    assert not pub.sent[0].points.flags.writeable
+
+
+def test_latency_stats() -> None:
+    stats = LatencyStats(window=100)
+    for v in range(1, 101):
+        stats.add(float(v))
+    p = stats.percentiles()
+    assert p["p50"] == pytest.approx(50.5) and p["max"] == 100.0 and p["p99"] > 98
+
+
+def test_shutdown_flag_on_sigterm() -> None:
+    flag = ShutdownFlag()
+    try:
+        assert not flag
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert flag.wait(1.0) and flag.signal_name == "SIGTERM"
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_stats_line_period(caplog: pytest.LogCaptureFixture) -> None:
+    line = StatsLine("n", 1.0, lambda: "hello")
+    caplog.set_level("INFO")
+    line.tick(line._next_ns - 1)
+    line.tick(line._next_ns)
+    assert caplog.text.count("hello") == 1
