@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -155,30 +156,36 @@ def _as_view(frame: Any) -> memoryview:
 
 
 def _check_fields(cls: type[Message], fields: Any) -> dict[str, Any]:
-    expected = _scalar_fields(cls)
-    if not isinstance(fields, dict) or set(fields) != set(expected):
+    checkers = _field_checkers(cls)
+    if not isinstance(fields, dict) or fields.keys() != checkers.keys():
         got = [repr(k) for k in fields] if isinstance(fields, dict) else type(fields).__name__
-        raise DecodeError(f"{cls.__name__} fields must be {sorted(expected)}, got {got}")
-    for name, hint in expected.items():
-        if not _matches(fields[name], hint):
+        raise DecodeError(f"{cls.__name__} fields must be {sorted(checkers)}, got {got}")
+    for name, check in checkers.items():
+        if not check(fields[name]):
+            hint = _scalar_fields(cls)[name]
             raise DecodeError(
                 f"{cls.__name__}.{name} must be {hint}, got {type(fields[name]).__name__}"
             )
-    return dict(fields)
+    return fields
 
 
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is dict:
-        key_type, value_type = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            _matches(k, key_type) and _matches(v, value_type) for k, v in value.items()
+@functools.cache
+def _field_checkers(cls: type[Message]) -> dict[str, Callable[[Any], bool]]:
+    return {name: _checker(hint) for name, hint in _scalar_fields(cls).items()}
+
+
+def _checker(hint: Any) -> Callable[[Any], bool]:
+    """A predicate for values of the type `hint` (int, float, str, bool or dict[K, V])."""
+    if typing.get_origin(hint) is dict:
+        key_ok, value_ok = (_checker(a) for a in typing.get_args(hint))
+        return lambda v: (
+            isinstance(v, dict) and all(key_ok(k) and value_ok(x) for k, x in v.items())
         )
     if hint is float:
-        return isinstance(value, float | int) and not isinstance(value, bool)
+        return lambda v: type(v) is float or type(v) is int
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+        return lambda v: type(v) is int
+    return lambda v: type(v) is hint
 
 
 def _check_buffers(
@@ -212,7 +219,7 @@ def _check_buffers(
             )
         ):
             raise DecodeError(f"{cls.__name__}.{name} has invalid shape {shape!r:.80}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes > MAX_BUFFER_BYTES:
             raise DecodeError(
                 f"{cls.__name__}.{name} declares {nbytes} bytes, limit {MAX_BUFFER_BYTES}"
