@@ -1,0 +1,397 @@
+"""Start a graph of node processes from YAML, supervise them, and stop them cleanly.
+
+A graph file names its nodes, their arguments and the endpoints they share::
+
+    name: replay
+    endpoints:                 # optional: topic -> URL for every node (else ipc on this host)
+      camera: tcp://127.0.0.1:5550
+    nodes:
+      - name: fusion
+        module: nodes.fusion_node        # run as `python -m nodes.fusion_node ARGS`
+        args: [--budget-ms, "50"]
+        restart: on-failure              # on-failure (default) | always | never
+      - name: player
+        module: nodes.player
+        args: [recordings/city.mcap]
+        start_delay_s: 1.0               # wait for the others to come up first
+        finishes_graph: true             # when it exits 0 the whole graph stops
+
+Each node runs as its own process with its output in ``LOG_DIR/<name>.log``. A node that dies
+is restarted with exponential backoff (0.5 s doubling to 8 s), and the restart is counted and
+logged. Ctrl-C (or SIGTERM) stops the nodes in reverse start order with SIGINT, then SIGKILL
+after a grace period. A live status table shows, per topic, rate, lost/rejected messages,
+capture -> receive latency p50/p99 and budget misses, from a subscriber the launcher keeps on
+each topic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fusion import services
+from fusion.errors import ConfigError
+from fusion.messages import Detections
+from fusion.node import LatencyStats, ShutdownFlag
+from fusion.transport import Subscriber
+
+log = logging.getLogger(__name__)
+
+RESTART_POLICIES = ("on-failure", "always", "never")
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 8.0
+#: A node that ran this long before dying is considered healthy again: its backoff resets.
+BACKOFF_RESET_AFTER_S = 10.0
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    command: list[str]
+    restart: str = "on-failure"
+    start_delay_s: float = 0.0
+    finishes_graph: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class GraphSpec:
+    name: str
+    nodes: list[NodeSpec]
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+
+def load_graph(path: str | Path, extra_args: dict[str, list[str]] | None = None) -> GraphSpec:
+    """Read and check a graph file; `extra_args` appends arguments to named nodes."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"graph file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"graph file {path} is not valid YAML: {exc}") from exc
+    return parse_graph(raw, str(path), extra_args)
+
+
+def parse_graph(
+    raw: Any, source: str = "graph", extra_args: dict[str, list[str]] | None = None
+) -> GraphSpec:
+    if not isinstance(raw, dict) or not isinstance(raw.get("nodes"), list) or not raw["nodes"]:
+        raise ConfigError(f"{source}: needs a non-empty 'nodes' list")
+    endpoints = {str(k): str(v) for k, v in (raw.get("endpoints") or {}).items()}
+    for topic, url in endpoints.items():
+        services.endpoint(topic, {topic: url})  # checks topic and URL scheme
+    nodes = []
+    for i, item in enumerate(raw["nodes"]):
+        if not isinstance(item, dict) or "name" not in item:
+            raise ConfigError(f"{source}: node #{i} needs a 'name'")
+        name = str(item["name"])
+        args = [str(a) for a in item.get("args", [])] + list((extra_args or {}).get(name, []))
+        if "module" in item:
+            command = [sys.executable, "-m", str(item["module"]), *args]
+        elif "command" in item:
+            command = [str(c) for c in item["command"]] + args
+        else:
+            raise ConfigError(f"{source}: node {name!r} needs 'module' or 'command'")
+        restart = item.get("restart", "on-failure")
+        if restart not in RESTART_POLICIES:
+            raise ConfigError(f"{source}: node {name!r} restart must be one of {RESTART_POLICIES}")
+        nodes.append(
+            NodeSpec(
+                name=name,
+                command=command,
+                restart=restart,
+                start_delay_s=float(item.get("start_delay_s", 0.0)),
+                finishes_graph=bool(item.get("finishes_graph", False)),
+                env={str(k): str(v) for k, v in (item.get("env") or {}).items()},
+            )
+        )
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: node names must be unique, got {names}")
+    return GraphSpec(name=str(raw.get("name", Path(source).stem)), nodes=nodes, endpoints=endpoints)
+
+
+@dataclass
+class NodeState:
+    spec: NodeSpec
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    next_start_at: float = 0.0
+    backoff_s: float = BACKOFF_START_S
+    last_exit: int | None = None
+    finished: bool = False
+    down_since: float | None = None
+    downtime_s: float = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class Launcher:
+    """Runs a `GraphSpec`: `start()`, then `supervise()` repeatedly, then `stop()`."""
+
+    def __init__(
+        self, graph: GraphSpec, log_dir: str | Path = "logs", *, stop_grace_s: float = 10.0
+    ) -> None:
+        self.graph = graph
+        self.log_dir = Path(log_dir)
+        self.stop_grace_s = stop_grace_s
+        self.nodes = {spec.name: NodeState(spec) for spec in graph.nodes}
+        self.finished = False
+        self._t0 = time.monotonic()
+
+    def environment(self, spec: NodeSpec) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("FUSION_IPC_DIR", services.ipc_dir())
+        for topic, url in self.graph.endpoints.items():
+            env[f"FUSION_ENDPOINT_{topic.upper()}"] = url
+        env.update(spec.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        now = time.monotonic()
+        for state in self.nodes.values():
+            state.next_start_at = now + state.spec.start_delay_s
+
+    def _spawn(self, state: NodeState) -> None:
+        log_file = open(self.log_dir / f"{state.spec.name}.log", "ab")  # noqa: SIM115 (child owns it)
+        try:
+            state.process = subprocess.Popen(
+                state.spec.command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.environment(state.spec),
+                start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the nodes
+            )
+        finally:
+            log_file.close()
+        state.started_at = time.monotonic()
+        if state.down_since is not None:
+            state.downtime_s += state.started_at - state.down_since
+            state.down_since = None
+        log.info("started %s (pid %d)", state.spec.name, state.process.pid)
+
+    def supervise(self) -> None:
+        """Start what is due, notice exits, schedule restarts. Call every ~100 ms."""
+        now = time.monotonic()
+        for state in self.nodes.values():
+            if state.finished:
+                continue
+            if state.process is None:
+                if now >= state.next_start_at:
+                    self._spawn(state)
+                continue
+            code = state.process.poll()
+            if code is None:
+                continue
+            state.last_exit = code
+            state.process = None
+            state.down_since = now
+            if code == 0 and state.spec.finishes_graph:
+                log.info("%s finished; stopping the graph", state.spec.name)
+                state.finished = True
+                self.finished = True
+                continue
+            if state.spec.restart == "never" or (code == 0 and state.spec.restart == "on-failure"):
+                log.info("%s exited with %d; not restarting", state.spec.name, code)
+                state.finished = True
+                continue
+            if now - state.started_at > BACKOFF_RESET_AFTER_S:
+                state.backoff_s = BACKOFF_START_S
+            state.restarts += 1
+            state.next_start_at = now + state.backoff_s
+            log.warning(
+                "%s exited with %s; restart #%d in %.1f s (log: %s)",
+                state.spec.name,
+                _describe_exit(code),
+                state.restarts,
+                state.backoff_s,
+                self.log_dir / f"{state.spec.name}.log",
+            )
+            state.backoff_s = min(state.backoff_s * 2, BACKOFF_MAX_S)
+
+    def stop(self) -> None:
+        """SIGINT every node in reverse start order, then SIGKILL what is left after the grace."""
+        for state in reversed(list(self.nodes.values())):
+            if state.running:
+                state.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + self.stop_grace_s
+        for state in reversed(list(self.nodes.values())):
+            if state.process is None:
+                continue
+            try:
+                state.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "%s did not stop in %.0f s; killing it", state.spec.name, self.stop_grace_s
+                )
+                state.process.kill()
+                state.process.wait()
+            state.last_exit = state.process.returncode
+            state.process = None
+
+    def summary_rows(self) -> list[tuple[str, str, int, str, str]]:
+        rows = []
+        now = time.monotonic()
+        for state in self.nodes.values():
+            status = "running" if state.running else ("done" if state.finished else "down")
+            down = state.downtime_s + (now - state.down_since if state.down_since else 0.0)
+            exit_text = "" if state.last_exit is None else _describe_exit(state.last_exit)
+            rows.append((state.spec.name, status, state.restarts, f"{down:.1f} s", exit_text))
+        return rows
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+class TopicMonitor:
+    """The launcher's own view of each topic: rate, losses and latency, from a subscriber."""
+
+    def __init__(self, topics: list[str], endpoints: dict[str, str]) -> None:
+        self.subs = {
+            t: Subscriber(t, services.endpoint(t, endpoints), latest_only=False, queue_size=1000)
+            for t in topics
+        }
+        self.counts = dict.fromkeys(topics, 0)
+        self.latency = {t: LatencyStats(window=500) for t in topics}
+        self.misses = 0
+        self.modes: dict[str, int] = {}
+        self._window_start = time.monotonic()
+        self._window_counts = dict.fromkeys(topics, 0)
+        self.rates = dict.fromkeys(topics, 0.0)
+
+    def poll(self) -> None:
+        for topic, sub in self.subs.items():
+            while (msg := sub.recv(0)) is not None:
+                self.counts[topic] += 1
+                self._window_counts[topic] += 1
+                if msg.clock == "monotonic" and "received" in msg.trace:
+                    self.latency[topic].add((msg.trace["received"] - msg.capture_ns) / 1e6)
+                if isinstance(msg, Detections):
+                    self.misses += msg.budget_miss
+                    self.modes[msg.mode] = self.modes.get(msg.mode, 0) + 1
+        elapsed = time.monotonic() - self._window_start
+        if elapsed >= 1.0:
+            self.rates = {t: c / elapsed for t, c in self._window_counts.items()}
+            self._window_counts = dict.fromkeys(self.subs, 0)
+            self._window_start = time.monotonic()
+
+    def rows(self) -> list[tuple[str, str, str, str, str, str]]:
+        out = []
+        for topic, sub in self.subs.items():
+            p = self.latency[topic].percentiles()
+            out.append(
+                (
+                    topic,
+                    f"{self.rates[topic]:.1f}",
+                    str(self.counts[topic]),
+                    f"{sub.stats.lost}/{sub.stats.rejected}",
+                    f"{p['p50']:.1f} / {p['p99']:.1f}",
+                    str(self.misses) if topic == "detections" else "",
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        for sub in self.subs.values():
+            sub.close()
+
+
+def render_status(launcher: Launcher, monitor: TopicMonitor | None):
+    from rich.console import Group
+    from rich.table import Table
+
+    nodes = Table(title=f"graph {launcher.graph.name}", expand=False)
+    for col in ("node", "status", "restarts", "downtime", "last exit"):
+        nodes.add_column(col)
+    for row in launcher.summary_rows():
+        nodes.add_row(row[0], row[1], str(row[2]), row[3], row[4])
+    if monitor is None:
+        return nodes
+    topics = Table(title="topics", expand=False)
+    for col in ("topic", "Hz", "msgs", "lost/rejected", "latency p50/p99 ms", "budget misses"):
+        topics.add_column(col)
+    for row in monitor.rows():
+        topics.add_row(*row)
+    return Group(nodes, topics)
+
+
+def run_graph(
+    graph: GraphSpec,
+    *,
+    log_dir: str | Path = "logs",
+    status: bool = True,
+    monitor_topics: list[str] | None = None,
+    max_duration_s: float | None = None,
+) -> Launcher:
+    """Run `graph` until a finishing node ends, SIGINT/SIGTERM, or `max_duration_s`."""
+    from rich.console import Console
+    from rich.live import Live
+
+    launcher = Launcher(graph, log_dir)
+    shutdown = ShutdownFlag()
+    topics = monitor_topics if monitor_topics is not None else ["camera", "radar", "detections"]
+    monitor = TopicMonitor(topics, graph.endpoints) if topics else None
+    console = Console(stderr=True)
+    launcher.start()
+    t0 = time.monotonic()
+    try:
+        live_view = (
+            Live(render_status(launcher, monitor), console=console, refresh_per_second=2)
+            if status
+            else contextlib.nullcontext()
+        )
+        with live_view as live:
+            while not shutdown and not launcher.finished:
+                launcher.supervise()
+                if monitor is not None:
+                    monitor.poll()
+                if live is not None:
+                    live.update(render_status(launcher, monitor))
+                if max_duration_s is not None and time.monotonic() - t0 > max_duration_s:
+                    break
+                shutdown.wait(0.05)
+    finally:
+        launcher.stop()
+        if monitor is not None:
+            monitor.close()
+    console.print(render_status(launcher, monitor))
+    return launcher
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("graph", help="graph YAML file")
+    parser.add_argument("--log-dir", default="logs", help="folder for each node's log")
+    parser.add_argument("--no-status", action="store_true", help="no live status table")
+    parser.add_argument("--duration-s", type=float, default=None, help="stop after this long")
+
+
+def run(args: argparse.Namespace) -> int:
+    graph = load_graph(args.graph)
+    launcher = run_graph(
+        graph, log_dir=args.log_dir, status=not args.no_status, max_duration_s=args.duration_s
+    )
+    failed = [s.spec.name for s in launcher.nodes.values() if s.last_exit not in (0, None, -2)]
+    return 1 if failed and not launcher.finished else 0

@@ -1,0 +1,133 @@
+"""The launcher: graph files, restarts with backoff, clean stop, finishing nodes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from fusion.errors import ConfigError
+from fusion.launch import BACKOFF_START_S, Launcher, load_graph, parse_graph, run_graph
+
+
+def py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def supervise_for(launcher: Launcher, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        launcher.supervise()
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({}, "nodes"),
+        ({"nodes": [{"module": "x"}]}, "name"),
+        ({"nodes": [{"name": "a"}]}, "module"),
+        ({"nodes": [{"name": "a", "module": "x", "restart": "sometimes"}]}, "restart"),
+        ({"nodes": [{"name": "a", "module": "x"}, {"name": "a", "module": "y"}]}, "unique"),
+        (
+            {"nodes": [{"name": "a", "module": "x"}], "endpoints": {"lidar": "ipc:///x"}},
+            "unknown topic",
+        ),
+        ({"nodes": [{"name": "a", "module": "x"}], "endpoints": {"radar": "udp://x"}}, "ipc://"),
+    ],
+)
+def test_bad_graphs_are_config_errors(raw: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_graph(raw)
+
+
+def test_load_graph_file(tmp_path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "name: demo\nendpoints: {radar: 'tcp://127.0.0.1:5999'}\n"
+        "nodes:\n  - {name: a, module: nodes.player, args: [x.mcap], finishes_graph: true}\n"
+    )
+    graph = load_graph(path, extra_args={"a": ["--loop"]})
+    assert graph.name == "demo" and graph.endpoints == {"radar": "tcp://127.0.0.1:5999"}
+    assert graph.nodes[0].command[-3:] == ["nodes.player", "x.mcap", "--loop"]
+    assert graph.nodes[0].finishes_graph
+    with pytest.raises(ConfigError, match="not found"):
+        load_graph(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("nodes: [")
+    with pytest.raises(ConfigError, match="YAML"):
+        load_graph(tmp_path / "bad.yaml")
+
+
+def test_crashing_node_is_restarted_with_backoff(tmp_path) -> None:
+    graph = parse_graph({"nodes": [{"name": "crash", "command": py("import sys; sys.exit(3)")}]})
+    launcher = Launcher(graph, tmp_path)
+    launcher.start()
+    supervise_for(launcher, 2.5)  # starts at 0, 0.5, 1.5 (+1 s), next at 3.5 (+2 s)
+    state = launcher.nodes["crash"]
+    assert 2 <= state.restarts <= 3
+    assert state.backoff_s >= 4 * BACKOFF_START_S
+    assert state.last_exit == 3
+    launcher.stop()
+
+
+def test_killed_node_is_restarted_and_downtime_reported(tmp_path) -> None:
+    graph = parse_graph(
+        {"nodes": [{"name": "sleeper", "command": py("import time; time.sleep(60)")}]}
+    )
+    launcher = Launcher(graph, tmp_path)
+    launcher.start()
+    try:
+        supervise_for(launcher, 0.3)
+        first = launcher.nodes["sleeper"].process
+        os.kill(first.pid, signal.SIGKILL)
+        supervise_for(launcher, 1.5)
+        state = launcher.nodes["sleeper"]
+        assert state.restarts == 1 and state.running and state.process.pid != first.pid
+        assert 0.3 < state.downtime_s < 1.5
+        row = launcher.summary_rows()[0]
+        assert row[:3] == ("sleeper", "running", 1) and row[4] == "SIGKILL"
+    finally:
+        launcher.stop()
+    assert not launcher.nodes["sleeper"].running
+
+
+def test_stop_kills_a_node_that_ignores_sigint(tmp_path) -> None:
+    stubborn = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
+    graph = parse_graph({"nodes": [{"name": "stubborn", "command": py(stubborn)}]})
+    launcher = Launcher(graph, tmp_path, stop_grace_s=0.5)
+    launcher.start()
+    supervise_for(launcher, 0.5)
+    t0 = time.monotonic()
+    launcher.stop()
+    assert time.monotonic() - t0 < 3
+    assert launcher.nodes["stubborn"].last_exit == -signal.SIGKILL
+
+
+def test_finishing_node_ends_the_graph_and_logs_are_kept(tmp_path) -> None:
+    graph = parse_graph(
+        {
+            "nodes": [
+                {
+                    "name": "worker",
+                    "command": py("import time; print('working', flush=True); time.sleep(60)"),
+                },
+                {
+                    "name": "player",
+                    "command": py("print('played')"),
+                    "finishes_graph": True,
+                    "start_delay_s": 0.3,
+                },
+            ]
+        }
+    )
+    t0 = time.monotonic()
+    launcher = run_graph(
+        graph, log_dir=tmp_path, status=False, monitor_topics=[], max_duration_s=20
+    )
+    assert launcher.finished and time.monotonic() - t0 < 10
+    assert launcher.nodes["worker"].last_exit == -signal.SIGINT
+    assert "played" in (tmp_path / "player.log").read_text()
+    assert "working" in (tmp_path / "worker.log").read_text()
