@@ -1,0 +1,219 @@
+"""The fusion node's logic with a stand-in model: modes, budget, bad input, trace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pytest
+
+from fusion.messages import (
+    RADAR_POINT_DTYPE,
+    Calibration,
+    CameraFrame,
+    EgoMotion,
+    RadarScan,
+    empty_detections,
+)
+from fusion.pipeline import FusionPipeline, PipelineConfig, decode_jpeg
+
+MS = 1_000_000
+W, H = 320, 180
+
+
+@dataclass
+class Cfg:
+    input_w: int = 160
+    input_h: int = 96
+
+
+class FakeDetector:
+    """Returns one detection per radar point (at the point) and records what it was given."""
+
+    cfg = Cfg()
+
+    def __init__(self, clock=None, infer_ms: float = 0.0) -> None:
+        self.calls: list[tuple[str, int, tuple]] = []
+        self.clock, self.infer_ms = clock, infer_ms
+
+    def preprocess(self, image, points, camera):
+        return image, points
+
+    def infer(self, prepared, mode="fused"):
+        if self.clock is not None:
+            self.clock.t += int(self.infer_ms * MS)
+        image, points = prepared
+        self.calls.append((mode, len(points), image.shape))
+        return points
+
+    def decode(self, prepared, raw):
+        out = empty_detections(len(raw))
+        out["x"], out["y"] = raw["x"], raw["y"]
+        return out, {"score": 1.0, "recon": 0.5, "kl": 0.5}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 10_000 * MS
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def calibration() -> Calibration:
+    cam_to_ref = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)
+    K = np.array([[200, 0, W / 2], [0, 200, H / 2], [0, 0, 1]], float)
+    return Calibration(
+        sensor_to_ref=cam_to_ref,
+        intrinsics=K,
+        distortion=np.zeros(5),
+        width_px=W,
+        height_px=H,
+        sensor_id="camera_front",
+    )
+
+
+def frame(seq: int, capture_ns: int, image=None, encoding="bgr8") -> CameraFrame:
+    image = np.zeros((H, W, 3), np.uint8) if image is None else image
+    return CameraFrame(
+        image=image,
+        encoding=encoding,
+        seq=seq,
+        capture_ns=capture_ns,
+        sensor_id="camera_front",
+        trace={"received": capture_ns + MS},
+        width_px=W,
+        height_px=H,
+    )
+
+
+def scan(seq: int, capture_ns: int, n: int = 3, v_r: float = 0.0) -> RadarScan:
+    points = np.zeros(n, RADAR_POINT_DTYPE)
+    points["x"] = 10 + np.arange(n)
+    points["v_r"] = v_r
+    return RadarScan(
+        points=points, seq=seq, capture_ns=capture_ns, sensor_id="radar", scan_period_ns=77 * MS
+    )
+
+
+@pytest.fixture
+def setup():
+    clock = Clock()
+    detector = FakeDetector(clock)
+    pipe = FusionPipeline(detector, PipelineConfig(budget_ms=50), clock_ns=clock)
+    pipe.add("calibration", calibration())
+    return pipe, detector, clock
+
+
+def test_fused_output_with_trace_and_health(setup) -> None:
+    pipe, det, clock = setup
+    t = clock.t
+    pipe.add("radar", scan(0, t - 5 * MS))
+    pipe.add("camera", frame(0, t))
+    pipe.add("radar", scan(1, t + 70 * MS))  # settles the match
+    clock.t += 2 * MS
+    outs = pipe.step()
+    assert len(outs) == 1
+    out = outs[0]
+    assert out.mode == "fused" and out.valid and not out.budget_miss
+    assert out.source_seqs == {"camera": 0, "radar": 0}
+    assert len(out.objects) == 3 and out.health["score"] == 1.0
+    stamps = [out.trace[k] for k in ("received", "synced", "preprocessed", "inferred", "decoded")]
+    assert stamps == sorted(stamps)
+    assert out.capture_ns == t and pipe.counters["fused"] == 1
+
+
+def test_radar_silent_goes_camera_only_at_once(setup) -> None:
+    pipe, det, clock = setup
+    pipe.add("camera", frame(0, clock.t))
+    outs = pipe.step()
+    assert [o.mode for o in outs] == ["camera_only"]
+    assert det.calls[0][:2] == ("camera_only", 0)
+
+
+def test_camera_silent_goes_radar_only_then_back_to_fused(setup) -> None:
+    pipe, det, clock = setup
+    pipe.add("camera", frame(0, clock.t))
+    pipe.add("radar", scan(0, clock.t))
+    pipe.step()
+    clock.t += 400 * MS  # camera silent past its timeout, radar keeps coming
+    pipe.add("radar", scan(1, clock.t))
+    outs = pipe.step()
+    assert [o.mode for o in outs] == ["radar_only"] and outs[0].source_seqs == {"radar": 1}
+    assert det.calls[-1][2] == (H, W, 3)  # a blank image of the calibrated size
+    clock.t += 10 * MS
+    pipe.add("radar", scan(2, clock.t - 5 * MS))
+    pipe.add("camera", frame(1, clock.t))
+    pipe.add("radar", scan(3, clock.t + 60 * MS))
+    assert [o.mode for o in pipe.step()] == ["fused"]
+
+
+def test_stale_frame_is_dropped_and_counted(setup) -> None:
+    pipe, _, clock = setup
+    pipe.add("camera", frame(0, clock.t - 80 * MS))
+    assert pipe.step() == [] and pipe.counters["stale"] == 1
+
+
+def test_slow_model_marks_budget_miss() -> None:
+    clock = Clock()
+    pipe = FusionPipeline(
+        FakeDetector(clock, infer_ms=70), PipelineConfig(budget_ms=50), clock_ns=clock
+    )
+    pipe.add("calibration", calibration())
+    pipe.add("camera", frame(0, clock.t))
+    out = pipe.step()[0]
+    assert out.budget_miss and pipe.counters["budget_miss"] == 1
+
+
+def test_unusable_inputs_are_counted_not_raised(setup) -> None:
+    pipe, _, clock = setup
+    bad_jpeg = frame(0, clock.t, image=np.frombuffer(b"notajpeg", np.uint8).copy(), encoding="jpeg")
+    pipe.add("camera", bad_jpeg)
+    assert pipe.step() == []
+    clock.t += 50 * MS
+    pipe.add("camera", frame(1, clock.t, image=np.zeros((100, 100, 3), np.uint8)))  # wrong size
+    assert pipe.step() == []
+    assert pipe.counters["bad_image"] == 2
+    huge = RadarScan(points=np.zeros(200_000, RADAR_POINT_DTYPE), seq=0, sensor_id="radar")
+    pipe.add("radar", huge)
+    assert pipe.counters["radar_too_many_points"] == 1
+    nan_scan = scan(1, clock.t, n=4)
+    nan_scan.points["x"][1] = np.nan
+    nan_scan.points["v_r"][2] = np.inf
+    pipe.add("radar", nan_scan)
+    assert pipe.counters["radar_points_nonfinite"] == 2
+    broken = calibration()
+    broken.sensor_to_ref[0, 0] = np.nan
+    pipe.add("calibration", broken)
+    assert pipe.counters["bad_calibration"] == 1
+
+
+def test_no_calibration_drops_or_answers_invalid_in_lockstep() -> None:
+    clock = Clock()
+    pipe = FusionPipeline(FakeDetector(), PipelineConfig(), clock_ns=clock)
+    pipe.add("camera", frame(0, clock.t))
+    assert pipe.step() == [] and pipe.counters["no_calibration"] == 1
+    lock = FusionPipeline(FakeDetector(), PipelineConfig(answer_every_frame=True), clock_ns=clock)
+    lock.add("camera", frame(5, clock.t))
+    out = lock.step()[0]
+    assert not out.valid and out.source_seqs == {"camera": 5} and len(out.objects) == 0
+
+
+def test_motion_compensation_uses_ego_motion(setup) -> None:
+    pipe, det, clock = setup
+    pipe.add("ego_motion", EgoMotion(speed_mps=20.0))
+    # Static points straight ahead: raw Doppler is minus the ego speed.
+    pipe.add("radar", scan(0, clock.t - 40 * MS, v_r=-20.0))
+    pipe.add("camera", frame(0, clock.t))
+    pipe.add("radar", scan(1, clock.t + 60 * MS, v_r=-20.0))
+    out = pipe.step()[0]
+    # Static points seen 40 ms earlier are 0.8 m closer once the ego has moved on.
+    np.testing.assert_allclose(out.objects["x"], [9.2, 10.2, 11.2], atol=0.05)
+
+
+def test_jpeg_frames_are_decoded_reduced() -> None:
+    image = np.full((H * 2, W * 2, 3), 128, np.uint8)
+    _, data = cv2.imencode(".jpg", image)
+    small = decode_jpeg(data.reshape(-1), W * 2, H * 2, 160, 90)
+    assert small.shape == (H // 2, W // 2, 3)  # 1/4 scale still covers 160x90
