@@ -345,8 +345,11 @@ def run_graph(
     status: bool = True,
     monitor_topics: list[str] | None = None,
     max_duration_s: float | None = None,
+    finish_grace_s: float = 0.0,
 ) -> Launcher:
-    """Run `graph` until a finishing node ends, SIGINT/SIGTERM, or `max_duration_s`."""
+    """Run `graph` until a finishing node ends, SIGINT/SIGTERM, or `max_duration_s`.
+
+    After a finishing node ends, the others get `finish_grace_s` to drain what is in flight."""
     from rich.console import Console
     from rich.live import Live
 
@@ -372,6 +375,11 @@ def run_graph(
                     live.update(render_status(launcher, monitor))
                 if max_duration_s is not None and time.monotonic() - t0 > max_duration_s:
                     break
+                shutdown.wait(0.05)
+            grace_end = time.monotonic() + finish_grace_s
+            while launcher.finished and not shutdown and time.monotonic() < grace_end:
+                if monitor is not None:
+                    monitor.poll()
                 shutdown.wait(0.05)
     finally:
         launcher.stop()

@@ -227,7 +227,7 @@ class FusionPipeline:
             capture_ns=frame.capture_ns,
             sensor_id="fusion",
             clock=frame.clock,
-            trace={**frame.trace, "synced": picked_ns},
+            trace={**input_trace(frame), "synced": picked_ns},
         )
         self.seq += 1
         return out
@@ -273,7 +273,7 @@ class FusionPipeline:
         sources: dict[str, int],
         picked_ns: int,
     ) -> Detections | None:
-        trace = dict(source.trace)
+        trace = input_trace(source)
         trace["synced"] = picked_ns
         try:
             prepared = self.detector.preprocess(image, points, self.camera)
@@ -317,6 +317,15 @@ class FusionPipeline:
         self.stage_ms["total"].add((trace["decoded"] - received) / 1e6)
         if source.clock == "monotonic":
             self.latency_ms.add((trace["decoded"] - source.capture_ns) / 1e6)
+
+
+def input_trace(source: Message) -> dict[str, int]:
+    """The input's trace for an output: its ``published`` hop becomes ``input_published`` so
+    the output's own ``published`` stamp does not overwrite it."""
+    trace = dict(source.trace)
+    if "published" in trace:
+        trace["input_published"] = trace.pop("published")
+    return trace
 
 
 def decode_jpeg(

@@ -24,6 +24,10 @@ log = logging.getLogger("fusion_node")
 #: Inputs in the order they are fed to the pipeline within one poll: context first, camera last,
 #: so a scan that arrived with a frame can still be matched to it.
 INPUT_TOPICS = ("calibration", "ego_motion", "radar", "camera")
+#: Order the input sockets are opened in, after the model is warm: a player waiting for a
+#: subscriber on every topic starts once the last one (ego motion, which only this node reads)
+#: is subscribed, by when the others are too.
+SUBSCRIBE_ORDER = ("camera", "radar", "calibration", "ego_motion")
 POLL_MS = 2
 
 
@@ -90,7 +94,7 @@ def main(
     )
     detector = detector or build_detector(args)
     if inputs is None:
-        subs = {t: Subscriber(t, services.endpoint(t, overrides)) for t in INPUT_TOPICS}
+        subs = {t: Subscriber(t, services.endpoint(t, overrides)) for t in SUBSCRIBE_ORDER}
         inputs = node.Inputs(subs, validators={"radar": radar_problem})
     pub = pub or Publisher("detections", services.endpoint("detections", overrides))
     pipeline = FusionPipeline(detector, config)
