@@ -1,0 +1,266 @@
+"""The recording sub-commands: ``fusion info``, ``play``, ``record`` and ``recover``.
+
+Each is a thin layer over `fusion.recording`, `fusion.player` and `fusion.recorder`;
+``nodes/player.py`` and ``nodes/recorder.py`` run the same code as stand-alone processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from fusion import node, services
+from fusion.errors import ConfigError
+from fusion.player import DEFAULT_LOCKSTEP_TIMEOUT_S, MAX_RATE, MIN_RATE, Player, PlayStats
+from fusion.recorder import RECORDER_QUEUE_SIZE, Recorder
+from fusion.recording import (
+    COMPRESSIONS,
+    DEFAULT_CHUNK_SIZE,
+    RecordingReader,
+    RecordingWriter,
+    recover,
+)
+from fusion.transport import Publisher, Subscriber
+
+log = logging.getLogger(__name__)
+
+
+def _topic_list(text: str) -> list[str]:
+    topics = [t for t in text.split(",") if t]
+    if not topics:
+        raise argparse.ArgumentTypeError("give topics as a comma-separated list")
+    return topics
+
+
+# -- info ----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="recording (.mcap)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--verify", action="store_true", help="also read every chunk and check its CRC"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    with RecordingReader(args.file) as reader:
+        if args.verify:
+            reader.verify()
+        summary = reader.summary()
+    print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.format())
+    if summary.damage:
+        print(f"fusion info: error: {summary.damage}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# -- play ----------------------------------------------------------------------------------
+
+
+def add_play_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="recording (.mcap)")
+    timing = parser.add_mutually_exclusive_group()
+    timing.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        help=f"speed factor, {MIN_RATE} to {MAX_RATE} (default 1)",
+    )
+    timing.add_argument("--max-speed", action="store_true", help="publish as fast as possible")
+    timing.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="after each camera frame, wait for the detections that answer it",
+    )
+    parser.add_argument(
+        "--lockstep-timeout-s",
+        type=float,
+        default=DEFAULT_LOCKSTEP_TIMEOUT_S,
+        help="longest wait for an answer in lock-step (counted, then moves on)",
+    )
+    parser.add_argument("--loop", action="store_true", help="play again and again until stopped")
+    parser.add_argument("--start", type=float, default=0.0, help="start this many seconds in")
+    parser.add_argument("--end", type=float, default=None, help="stop this many seconds in")
+    parser.add_argument("--topics", type=_topic_list, default=None, help="comma-separated topics")
+    parser.add_argument(
+        "--wait-subscribers-s",
+        type=float,
+        default=1.0,
+        help="wait this long for a subscriber on every topic before starting (0: do not)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress line")
+    node.add_common_arguments(parser)
+
+
+def _wait_for_subscribers(publishers: dict[str, Publisher], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    waiting = dict(publishers)
+    while waiting and time.monotonic() < deadline:
+        waiting = {t: p for t, p in waiting.items() if p.subscriber_count() < 1}
+        time.sleep(0.01)
+    if waiting:
+        log.info("no subscriber yet on %s; publishing anyway", sorted(waiting))
+    else:
+        time.sleep(0.02)  # subscriptions arrive slightly before the pipes are ready
+
+
+def _progress_printer(stats_period_s: float) -> Callable[[PlayStats], None]:
+    if sys.stderr.isatty():
+        return lambda stats: print(f"\r{stats.line()}", end="", file=sys.stderr, flush=True)
+    next_ns = [0]
+
+    def log_line(stats: PlayStats) -> None:
+        now = time.monotonic_ns()
+        if stats_period_s > 0 and now >= next_ns[0]:
+            next_ns[0] = now + int(stats_period_s * 1e9)
+            log.info("%s", stats.line())
+
+    return log_line
+
+
+def _on_signals(handler: Callable[[], None]) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: handler())
+        signal.signal(signal.SIGTERM, lambda *_: handler())
+
+
+def run_play(args: argparse.Namespace) -> int:
+    overrides = node.endpoint_overrides(args)
+    with RecordingReader(args.file) as reader:
+        topics = args.topics or [
+            t for t in reader.topics if not (args.lockstep and t == "detections")
+        ]
+        publishers: dict[str, Publisher] = {}
+        answers = None
+        try:
+            for topic in topics:
+                publishers[topic] = Publisher(topic, services.endpoint(topic, overrides))
+            if args.lockstep:
+                answers = Subscriber("detections", services.endpoint("detections", overrides))
+            player = Player(
+                reader,
+                publishers,
+                rate=args.rate,
+                max_speed=args.max_speed,
+                lockstep=args.lockstep,
+                answers=answers,
+                lockstep_timeout_s=args.lockstep_timeout_s,
+                loop=args.loop,
+                start_s=args.start,
+                end_s=args.end,
+                topics=topics,
+            )
+            _on_signals(player.stop)
+            if args.wait_subscribers_s > 0:
+                _wait_for_subscribers(publishers, args.wait_subscribers_s)
+            progress = None if args.no_progress else _progress_printer(args.stats_period_s)
+            stats = player.run(on_progress=progress)
+        finally:
+            for pub in publishers.values():
+                pub.close()
+            if answers is not None:
+                answers.close()
+    if progress is not None and sys.stderr.isatty():
+        print(file=sys.stderr)
+    log.info("played %d messages %s", stats.published, stats.per_topic)
+    if stats.damage:
+        print(f"fusion play: error: {stats.damage}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# -- record --------------------------------------------------------------------------------
+
+
+def add_record_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o", "--out", default=None, help="output file (default recording-YYYYMMDD-HHMMSS.mcap)"
+    )
+    parser.add_argument(
+        "--topics",
+        type=_topic_list,
+        default=None,
+        help="comma-separated topics (default: every topic the registry marks as recorded)",
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="bytes per chunk"
+    )
+    parser.add_argument("--compression", choices=sorted(COMPRESSIONS), default="zstd")
+    parser.add_argument(
+        "--flush-s",
+        type=float,
+        default=1.0,
+        help="finish the open chunk at least this often, bounding what a crash can lose",
+    )
+    parser.add_argument(
+        "--duration-s", type=float, default=0.0, help="stop after this long (0: at SIGINT)"
+    )
+    parser.add_argument(
+        "--queue-size", type=int, default=RECORDER_QUEUE_SIZE, help="receive queue per topic"
+    )
+    node.add_common_arguments(parser)
+
+
+def run_record(args: argparse.Namespace) -> int:
+    topics = args.topics or [t for t, s in services.SERVICES.items() if s.recorded]
+    for topic in topics:
+        services.service(topic)
+    if args.chunk_size <= 0 or args.flush_s <= 0:
+        raise ConfigError("--chunk-size and --flush-s must be positive")
+    out = args.out or time.strftime("recording-%Y%m%d-%H%M%S.mcap")
+    overrides = node.endpoint_overrides(args)
+    endpoints = {t: services.endpoint(t, overrides) for t in topics}
+    shutdown = node.ShutdownFlag()
+    with RecordingWriter(
+        out,
+        chunk_size=args.chunk_size,
+        compression=args.compression,
+        metadata={"topics": ",".join(topics), "command": " ".join(sys.argv)},
+    ) as writer:
+        recorder = Recorder.for_topics(writer, topics, endpoints, args.queue_size)
+        try:
+            log.info("recording %s to %s", ",".join(topics), out)
+            stats = node.StatsLine("recorder", args.stats_period_s, recorder.summary_line)
+            stop_ns = (
+                time.monotonic_ns() + int(args.duration_s * 1e9) if args.duration_s > 0 else None
+            )
+            next_flush_ns = time.monotonic_ns() + int(args.flush_s * 1e9)
+            while not shutdown:
+                recorder.poll(100)
+                now_ns = time.monotonic_ns()
+                if now_ns >= next_flush_ns:
+                    writer.flush()
+                    next_flush_ns = now_ns + int(args.flush_s * 1e9)
+                stats.tick(now_ns)
+                if stop_ns is not None and now_ns >= stop_ns:
+                    break
+            recorder.drain()
+        finally:
+            recorder.close()
+    log.info("recorded %s: %s", out, recorder.summary_line())
+    return 0
+
+
+# -- recover -------------------------------------------------------------------------------
+
+
+def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="damaged recording")
+    parser.add_argument("dst", help="new recording to write")
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    counts = recover(args.src, args.dst)
+    total = sum(counts.values())
+    print(
+        f"recovered {total} messages into {args.dst}: "
+        + ", ".join(f"{t} {n}" for t, n in counts.items())
+    )
+    return 0
