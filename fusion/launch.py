@@ -5,6 +5,7 @@ A graph file names its nodes, their arguments and the endpoints they share::
     name: replay
     endpoints:                 # optional: topic -> URL for every node (else ipc on this host)
       camera: tcp://127.0.0.1:5550
+    epoch_delay_s: 10          # simulated producers start their drive this long after launch
     nodes:
       - name: fusion
         module: nodes.fusion_node        # run as `python -m nodes.fusion_node ARGS`
@@ -70,6 +71,8 @@ class GraphSpec:
     name: str
     nodes: list[NodeSpec]
     endpoints: dict[str, str] = field(default_factory=dict)
+    #: simulated sources start this long after the launch (time for the model to warm up)
+    epoch_delay_s: float = 10.0
 
 
 def load_graph(path: str | Path, extra_args: dict[str, list[str]] | None = None) -> GraphSpec:
@@ -120,7 +123,12 @@ def parse_graph(
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: node names must be unique, got {names}")
-    return GraphSpec(name=str(raw.get("name", Path(source).stem)), nodes=nodes, endpoints=endpoints)
+    return GraphSpec(
+        name=str(raw.get("name", Path(source).stem)),
+        nodes=nodes,
+        endpoints=endpoints,
+        epoch_delay_s=float(raw.get("epoch_delay_s", 10.0)),
+    )
 
 
 @dataclass
@@ -152,11 +160,13 @@ class Launcher:
         self.stop_grace_s = stop_grace_s
         self.nodes = {spec.name: NodeState(spec) for spec in graph.nodes}
         self.finished = False
-        self._t0 = time.monotonic()
+        #: Monotonic time simulated producers map their time 0 to, so they stay aligned.
+        self.epoch_ns = time.monotonic_ns() + int(graph.epoch_delay_s * 1e9)
 
     def environment(self, spec: NodeSpec) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("FUSION_IPC_DIR", services.ipc_dir())
+        env.setdefault("FUSION_EPOCH_NS", str(self.epoch_ns))
         for topic, url in self.graph.endpoints.items():
             env[f"FUSION_ENDPOINT_{topic.upper()}"] = url
         env.update(spec.env)

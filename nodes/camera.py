@@ -60,6 +60,8 @@ def source_stream(args: argparse.Namespace) -> tuple[Iterator[tuple[str, Message
             seed,
             {"camera", "calibration"},
             duration_s=args.duration_s,
+            width_px=args.width,
+            height_px=args.height,
             jpeg_quality=args.jpeg_quality if args.encoding == "jpeg" else None,
         )
         return ((t, m) for t, m in stream if t == "camera" or m.sensor_id == args.sensor_id), True
@@ -114,6 +116,8 @@ def main(argv: list[str] | None = None, camera_pub=None, calibration_pub=None) -
     parser.add_argument(
         "--duration-s", type=float, default=60.0, help="length of a simulated drive"
     )
+    parser.add_argument("--width", type=int, default=1280, help="simulated image width (px)")
+    parser.add_argument("--height", type=int, default=720, help="simulated image height (px)")
     parser.add_argument(
         "--calibration", help="calibration JSON for device, video and folder sources"
     )
@@ -140,7 +144,9 @@ def main(argv: list[str] | None = None, camera_pub=None, calibration_pub=None) -
     sent = 0
     stats = node.StatsLine("camera", args.stats_period_s, lambda: f"{sent} frames sent")
     last_calibration_ns = -CALIBRATION_PERIOD_NS
-    pacer = sources.Pacer(args.rate)
+    pacer = sources.Pacer(
+        args.rate, sources.epoch_from_env() if args.source.startswith("sim:") else None
+    )
     try:
         while not shutdown:
             stream, paced = source_stream(args)
@@ -148,7 +154,10 @@ def main(argv: list[str] | None = None, camera_pub=None, calibration_pub=None) -
                 if shutdown:
                     break
                 if paced:
-                    sources.restamp(msg, pacer.wait(msg.capture_ns))
+                    released_ns = pacer.wait(msg.capture_ns)
+                    if released_ns is None:
+                        continue
+                    sources.restamp(msg, released_ns)
                 if topic == "calibration":
                     calibration = msg
                     continue

@@ -45,7 +45,10 @@ def replay(
     for topic, msg in stream:
         if shutdown:
             break
-        pubs[topic].send(sources.restamp(msg, pacer.wait(msg.capture_ns)))
+        released_ns = pacer.wait(msg.capture_ns)
+        if released_ns is None:
+            continue
+        pubs[topic].send(sources.restamp(msg, released_ns))
         sent += topic == "radar"
     return sent
 
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None, driver: sources.RadarDriver | None = Non
         if driver is not None:
             sent = drive(driver, pubs["radar"], shutdown, args.stats_period_s)
         else:
-            pacer = sources.Pacer(args.rate)
+            epoch = sources.epoch_from_env() if args.source.startswith("sim:") else None
+            pacer = sources.Pacer(args.rate, epoch)
             while not shutdown:
                 sent += replay(args, pubs, shutdown, pacer)
                 if not args.loop:

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,11 @@ def test_finishing_node_ends_the_graph_and_logs_are_kept(tmp_path) -> None:
     assert launcher.nodes["worker"].last_exit == -signal.SIGINT
     assert "played" in (tmp_path / "player.log").read_text()
     assert "working" in (tmp_path / "worker.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "graphs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_graphs_parse(path) -> None:
+    graph = load_graph(path)
+    assert graph.nodes and all(n.command for n in graph.nodes)

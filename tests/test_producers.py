@@ -154,3 +154,12 @@ def test_radar_node_from_udp_counts_garbage() -> None:
             assert stop(proc) == 0
     assert len(got) == 5 and np.array_equal(got[0].points["x"], np.arange(10))
     assert [m.seq for m in got] == sorted(m.seq for m in got)
+
+
+def test_pacer_epoch_aligns_producers_and_skips_the_past() -> None:
+    epoch = time.monotonic_ns() + 100_000_000
+    released = Pacer(epoch_ns=epoch).wait(50_000_000)  # due 50 ms after the epoch
+    assert released is not None and released >= epoch + 50_000_000
+    late = Pacer(epoch_ns=time.monotonic_ns() - 5_000_000_000)  # a producer restarted 5 s in
+    assert late.wait(0) is None and late.wait(50_000_000) is None and late.skipped == 2
+    assert late.wait(4_990_000_000) is not None  # catches up with the present

@@ -316,3 +316,25 @@ def test_cli_writes_identical_recordings(tmp_path):
     assert topics[:2] == ["calibration", "calibration"]
     assert topics.count("camera") == 10 and topics.count("ground_truth") == 10
     assert 5 <= topics.count("radar") <= 7
+
+
+def test_topic_filter_yields_the_same_messages_without_rendering() -> None:
+    def encoded(stream):
+        return [b"".join(bytes(f) for f in codec.encode(t, m)) for t, m in stream]
+
+    full = [
+        (t, m) for t, m in simulate("city", seed=4, duration_s=1.0, width_px=320, height_px=180)
+    ]
+    radar_only = list(
+        simulate(
+            "city",
+            seed=4,
+            duration_s=1.0,
+            width_px=320,
+            height_px=180,
+            topics={"radar", "ego_motion"},
+        )
+    )
+    assert encoded(radar_only) == encoded((t, m) for t, m in full if t in {"radar", "ego_motion"})
+    with pytest.raises(ConfigError, match="no topics"):
+        simulate("city", topics={"lidar"})

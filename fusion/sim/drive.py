@@ -9,7 +9,7 @@ camera and the radar, so the same seed gives byte-identical messages whatever is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import cv2
 import numpy as np
@@ -36,6 +36,7 @@ RADAR_JITTER = 0.03
 
 # Order of messages that share a capture time.
 _CALIBRATION, _CAMERA, _RADAR = 0, 1, 2
+_TOPICS = frozenset({"calibration", "camera", "radar", "ego_motion", "ground_truth"})
 
 
 def _check(scenario, duration_s, camera_rate_hz, radar_rate_hz, width_px, height_px, jpeg_quality):
@@ -65,17 +66,32 @@ def simulate(
     width_px: int = 1280,
     height_px: int = 720,
     jpeg_quality: int | None = 90,
+    topics: Collection[str] | None = None,
 ) -> Iterator[tuple[str, Message]]:
     """Yield a drive's messages as ``(topic, message)`` in non-decreasing ``capture_ns``.
 
     Topics: ``calibration`` (camera ``camera_front`` and ``radar``, at 0 and every second),
     ``camera``, ``ego_motion`` and ``ground_truth`` (one each per camera frame) and ``radar``.
-    Raises `ConfigError` at once for an unknown scenario or a nonsensical parameter; the drive
-    itself is generated lazily, one message at a time.
+    `topics` limits what is yielded; without ``camera`` and ``ground_truth`` no frame is
+    rendered (a radar-only producer pays nothing for the camera), and every message yielded is
+    the same as in the full drive. Raises `ConfigError` at once for an unknown scenario or a
+    nonsensical parameter; the drive itself is generated lazily, one message at a time.
     """
     _check(scenario, duration_s, camera_rate_hz, radar_rate_hz, width_px, height_px, jpeg_quality)
+    wanted = frozenset(topics) if topics is not None else frozenset(_TOPICS)
+    unknown = wanted - _TOPICS
+    if unknown:
+        raise ConfigError(f"simulate() has no topics {sorted(unknown)}; it makes {sorted(_TOPICS)}")
     return _drive(
-        scenario, seed, duration_s, camera_rate_hz, radar_rate_hz, width_px, height_px, jpeg_quality
+        scenario,
+        seed,
+        duration_s,
+        camera_rate_hz,
+        radar_rate_hz,
+        width_px,
+        height_px,
+        jpeg_quality,
+        wanted,
     )
 
 
@@ -88,6 +104,7 @@ def _drive(
     width_px: int,
     height_px: int,
     jpeg_quality: int | None,
+    wanted: frozenset[str],
 ) -> Iterator[tuple[str, Message]]:
     config = SCENARIOS[scenario]
     world_ss, camera_ss, radar_ss, clock_ss = np.random.SeedSequence(seed).spawn(4)
@@ -119,13 +136,16 @@ def _drive(
         t = capture_ns * 1e-9
         stamp = {"seq": k, "capture_ns": capture_ns, "clock": CLOCK}
         if kind == _CALIBRATION:
-            for calib in (cam_calib, radar_calib):
-                yield "calibration", calib.replace(**stamp)
+            if "calibration" in wanted:
+                for calib in (cam_calib, radar_calib):
+                    yield "calibration", calib.replace(**stamp)
             continue
         ego = world.ego_at(t)
         state = world.actors_at(t)
         dist = np.hypot(state.x - ego.x, state.y - ego.y)
         if kind == _RADAR:
+            if "radar" not in wanted:
+                continue
             points = radar.scan(t, ego, state, np.flatnonzero(dist < radar.max_range_m + 15.0))
             period_ns = round(radar_period_s * 1e9)
             yield (
@@ -133,25 +153,30 @@ def _drive(
                 RadarScan(**stamp, sensor_id="radar", points=points, scan_period_ns=period_ns),
             )
             continue
-        near = np.flatnonzero(dist < view_m)
-        image, occlusion = renderer.render(t, ego, state, near)
-        yield "camera", _frame(image, jpeg_quality, config.exposure_us, stamp)
-        yield (
-            "ego_motion",
-            EgoMotion(
-                **stamp,
-                sensor_id="ego",
-                x_m=ego.x,
-                y_m=ego.y,
-                yaw_rad=ego.yaw,
-                speed_mps=ego.speed,
-                yaw_rate_rps=ego.yaw_rate,
-                accel_mps2=ego.accel,
-            ),
-        )
-        seen = dist[near] < config.draw_distance_m
-        boxes = _boxes(world, ego, state, near[seen], occlusion[seen])
-        yield "ground_truth", GroundTruth(**stamp, sensor_id="sim", boxes=boxes)
+        rendered = None
+        if wanted & {"camera", "ground_truth"}:
+            near = np.flatnonzero(dist < view_m)
+            rendered = renderer.render(t, ego, state, near)
+        if "camera" in wanted:
+            yield "camera", _frame(rendered[0], jpeg_quality, config.exposure_us, stamp)
+        if "ego_motion" in wanted:
+            yield (
+                "ego_motion",
+                EgoMotion(
+                    **stamp,
+                    sensor_id="ego",
+                    x_m=ego.x,
+                    y_m=ego.y,
+                    yaw_rad=ego.yaw,
+                    speed_mps=ego.speed,
+                    yaw_rate_rps=ego.yaw_rate,
+                    accel_mps2=ego.accel,
+                ),
+            )
+        if "ground_truth" in wanted:
+            seen = dist[near] < config.draw_distance_m
+            boxes = _boxes(world, ego, state, near[seen], rendered[1][seen])
+            yield "ground_truth", GroundTruth(**stamp, sensor_id="sim", boxes=boxes)
 
 
 def _frame(image: np.ndarray, jpeg_quality: int | None, exposure_us: int, stamp) -> CameraFrame:
