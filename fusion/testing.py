@@ -11,8 +11,10 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
+import numpy as np
+
 from fusion import codec, services
-from fusion.messages import Message
+from fusion.messages import Calibration, Message
 from fusion.transport import SubscriberStats
 
 
@@ -74,3 +76,19 @@ class FakePublisher:
 
     def close(self) -> None:
         pass
+
+
+def forward_camera_calibration(
+    width_px: int, height_px: int, focal_px: float = 200.0, sensor_id: str = "camera_front"
+) -> Calibration:
+    """A pinhole camera at the reference origin looking along +x (OpenCV axes), for tests."""
+    cam_to_ref = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)
+    K = np.array([[focal_px, 0, width_px / 2], [0, focal_px, height_px / 2], [0, 0, 1]], float)
+    return Calibration(
+        sensor_to_ref=cam_to_ref,
+        intrinsics=K,
+        distortion=np.zeros(5),
+        width_px=width_px,
+        height_px=height_px,
+        sensor_id=sensor_id,
+    )

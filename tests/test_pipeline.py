@@ -17,6 +17,7 @@ from fusion.messages import (
     empty_detections,
 )
 from fusion.pipeline import FusionPipeline, PipelineConfig, decode_jpeg
+from fusion.testing import forward_camera_calibration
 
 MS = 1_000_000
 W, H = 320, 180
@@ -62,16 +63,7 @@ class Clock:
 
 
 def calibration() -> Calibration:
-    cam_to_ref = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)
-    K = np.array([[200, 0, W / 2], [0, 200, H / 2], [0, 0, 1]], float)
-    return Calibration(
-        sensor_to_ref=cam_to_ref,
-        intrinsics=K,
-        distortion=np.zeros(5),
-        width_px=W,
-        height_px=H,
-        sensor_id="camera_front",
-    )
+    return forward_camera_calibration(W, H)
 
 
 def frame(seq: int, capture_ns: int, image=None, encoding="bgr8") -> CameraFrame:
@@ -107,7 +99,7 @@ def setup():
 
 
 def test_fused_output_with_trace_and_health(setup) -> None:
-    pipe, det, clock = setup
+    pipe, _, clock = setup
     t = clock.t
     pipe.add("radar", scan(0, t - 5 * MS))
     pipe.add("camera", frame(0, t))
@@ -201,7 +193,7 @@ def test_no_calibration_drops_or_answers_invalid_in_lockstep() -> None:
 
 
 def test_motion_compensation_uses_ego_motion(setup) -> None:
-    pipe, det, clock = setup
+    pipe, _, clock = setup
     pipe.add("ego_motion", EgoMotion(speed_mps=20.0))
     # Static points straight ahead: raw Doppler is minus the ego speed.
     pipe.add("radar", scan(0, clock.t - 40 * MS, v_r=-20.0))

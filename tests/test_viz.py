@@ -12,22 +12,14 @@ from fusion.messages import (
     Detections,
     empty_detections,
 )
+from fusion.testing import forward_camera_calibration
 from nodes.viewer import Viewer
 
 W, H = 320, 180
 
 
 def calibration() -> Calibration:
-    cam_to_ref = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)
-    K = np.array([[200, 0, W / 2], [0, 200, H / 2], [0, 0, 1]], float)
-    return Calibration(
-        sensor_to_ref=cam_to_ref,
-        intrinsics=K,
-        distortion=np.zeros(5),
-        width_px=W,
-        height_px=H,
-        sensor_id="camera_front",
-    )
+    return forward_camera_calibration(W, H)
 
 
 def one_car() -> np.ndarray:
