@@ -19,9 +19,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# make bench [BASELINE=.benchmarks/.../0001_x.json] compares with a saved run and fails on regressions
 bench: $(STAMP)
-	$(PY) -m pytest benchmarks -q --benchmark-json=benchmarks/results.json
-	$(PY) -m benchmarks.report benchmarks/results.json
+	$(PY) -m pytest benchmarks -q --benchmark-json=benchmarks/results.json --benchmark-autosave
+	$(PY) -m benchmarks.report benchmarks/results.json $(if $(BASELINE),--compare $(BASELINE) --fail-on-regression)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -7,6 +7,11 @@ always between figures measured in the same run on the same machine.
 
 from __future__ import annotations
 
+import os
+
+# The fusion node runs with passive OpenMP waiting (nodes/fusion_node.py); measure the same.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import json
 import shutil
 import tempfile

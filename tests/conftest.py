@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Passive OpenMP waiting: torch threads spinning at barriers stall everything else on 2 cores
+# (see nodes/fusion_node.py). Set before torch is imported by any test.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import shutil
 import tempfile
 from pathlib import Path
