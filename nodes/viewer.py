@@ -32,8 +32,11 @@ CAMERA_BUFFER = 64  # frames kept to match late detections
 class Viewer:
     """Keeps recent inputs and renders one picture per detections message."""
 
-    def __init__(self, width_px: int, sensor_id: str = "camera_front") -> None:
+    def __init__(
+        self, width_px: int, sensor_id: str = "camera_front", min_score: float = 0.0
+    ) -> None:
         self.width_px = width_px
+        self.min_score = min_score
         self.sensor_id = sensor_id
         self.frames: OrderedDict[int, CameraFrame] = OrderedDict()
         self.camera: CameraModel | None = None
@@ -70,14 +73,15 @@ class Viewer:
         else:
             image = np.asarray(frame.image)
         image = cv2.resize(image, (self.width_px, height_px), interpolation=cv2.INTER_AREA)
+        objects = det.objects[det.objects["score"] >= self.min_score]
         latency_ms = (det.trace.get("decoded", det.capture_ns) - det.capture_ns) / 1e6
         header = (
-            f"#{det.seq} {det.mode}  {len(det.objects)} objects  "
+            f"#{det.seq} {det.mode}  {len(objects)} objects  "
             f"latency {latency_ms:.0f} ms  health {det.health.get('score', float('nan')):.2f}"
             + ("  BUDGET MISS" if det.budget_miss else "")
         )
-        view = viz.draw_camera(image, self.camera, det.objects, self.radar_points, header=header)
-        bev = viz.draw_bev(400, det.objects, self.radar_points)
+        view = viz.draw_camera(image, self.camera, objects, self.radar_points, header=header)
+        bev = viz.draw_bev(400, objects, self.radar_points)
         return viz.compose(view, bev)
 
 
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in topics
     }
     inputs = node.Inputs(subs)
-    viewer = Viewer(args.width)
+    viewer = Viewer(args.width, min_score=args.min_score)
     sink = viz.VideoSink(args.output, fps=services.service("camera").rate_hz)
     shutdown = node.ShutdownFlag()
     stats = node.StatsLine("viewer", args.stats_period_s, lambda: f"{sink.frames} pictures")
