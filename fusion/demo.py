@@ -37,6 +37,7 @@ def build_graph(args: argparse.Namespace, out: Path) -> GraphSpec:
     py = [sys.executable, "-m"]
     timing = ["--lockstep"] if args.lockstep else ["--rate", str(args.rate)]
     fusion_args = ["--budget-ms", str(args.budget_ms), "--device", args.device]
+    fusion_args += ["--threads", str(args.threads)]
     if args.weights:
         fusion_args += ["--weights", args.weights]
     if args.lockstep:
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lockstep", action="store_true", help="deterministic lock-step replay")
     parser.add_argument("--budget-ms", type=float, default=50.0, help="fusion latency budget")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for the model")
     parser.add_argument("--weights", help="model checkpoint (default: the committed sim weights)")
     parser.add_argument("--no-viewer", action="store_true", help="skip the annotated video")
     parser.add_argument("--no-status", action="store_true", help="no live status table")

@@ -69,8 +69,10 @@ class DetectorLike:
 class PipelineConfig:
     budget_ms: float = 50.0  # capture -> detections deadline; default one 20 Hz camera period
     drop_stale: bool = True  # drop frames already older than the budget when picked up
-    slop_ms: float = 50.0  # a radar scan matches a frame within this much capture time
-    sync_deadline_ms: float = 25.0  # longest a frame waits for its radar match
+    # a radar scan matches a frame within this much capture time; a little over one 13 Hz radar
+    # period, so every frame has a scan to fuse (motion compensation covers the offset)
+    slop_ms: float = 80.0
+    sync_deadline_ms: float = 10.0  # longest a frame waits for its radar match (ms)
     motion_compensation: bool = True
     camera_sensor: str = "camera_front"
     answer_every_frame: bool = False  # lock-step replay: an unusable frame gets an invalid output

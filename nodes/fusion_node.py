@@ -79,9 +79,9 @@ def main(
     parser.add_argument("--weights", help="checkpoint (default: the committed simulator weights)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the model")
-    parser.add_argument("--slop-ms", type=float, default=50.0, help="radar/camera pairing slop")
+    parser.add_argument("--slop-ms", type=float, default=80.0, help="radar/camera pairing slop")
     parser.add_argument(
-        "--sync-deadline-ms", type=float, default=25.0, help="longest wait for radar"
+        "--sync-deadline-ms", type=float, default=10.0, help="longest wait for radar"
     )
     parser.add_argument("--no-motion-compensation", action="store_true")
     parser.add_argument(

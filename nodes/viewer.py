@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--png-every", type=int, default=0, help="also save every Nth picture as PNG"
     )
+    parser.add_argument(
+        "--min-score", type=float, default=0.3, help="draw detections from this score up"
+    )
     node.add_common_arguments(parser)
     args = parser.parse_args(argv)
     node.setup_logging(args.log_level)

@@ -64,3 +64,38 @@ def test_video_sink_writes_a_playable_file(tmp_path) -> None:
     sink.close()
     capture = cv2.VideoCapture(str(tmp_path / "v.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+
+
+def test_viewer_node_writes_a_video(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import cv2
+
+    from fusion.transport import Publisher
+
+    out = tmp_path / "v.mp4"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodes.viewer", "-o", str(out), "--width", "160"]
+    )
+    pubs = {t: Publisher(t) for t in ("calibration", "camera", "detections")}
+    try:
+        for pub in pubs.values():
+            assert pub.wait_for_subscribers(1, timeout_s=30)
+        pubs["calibration"].send(calibration())
+        for seq in range(5):
+            pubs["camera"].send(CameraFrame(image=np.zeros((H, W, 3), np.uint8), seq=seq))
+            time.sleep(0.02)
+            pubs["detections"].send(Detections(objects=one_car(), source_seqs={"camera": seq}))
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        for pub in pubs.values():
+            pub.close()
+    assert int(cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT)) == 5
