@@ -3,7 +3,7 @@
 A node file builds its inputs and outputs and runs a loop; this module holds the rest:
 
 - `add_common_arguments` / `endpoint_overrides`: the flags every node takes (``--endpoint
-  topic=URL``, ``--stats-period-s``, ``--log-level``).
+  topic=URL``, ``--stats-period-s``, ``--log-level``, ``--curve-keys DIR``).
 - `Inputs`: a set of subscribers polled together, with per-input health (alive, on rate, valid)
   kept as data, as openpilot's ``SubMaster`` does. An output built from an input that is not
   healthy must be marked so by the node.
@@ -14,6 +14,7 @@ A node file builds its inputs and outputs and runs a loop; this module holds the
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import threading
@@ -28,6 +29,7 @@ import zmq
 
 from fusion import services
 from fusion.messages import Message
+from fusion.security import CurveKeysAction
 from fusion.transport import SubscriberStats
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,8 @@ class Inputs:
         }
 
     def close(self) -> None:
+        """Close every subscriber and log the final per-input counters as one JSON line."""
+        log.info("input counters at close: %s", json.dumps(self.counters(), sort_keys=True))
         for sub in self.subscribers.values():
             sub.close()
 
@@ -252,6 +256,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--stats-period-s", type=float, default=5.0, help="stats line period, 0 = off"
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+    parser.add_argument(
+        "--curve-keys",
+        action=CurveKeysAction,
+        metavar="DIR",
+        help="CurveZMQ key folder from `fusion keys` for tcp:// endpoints "
+        "(same as FUSION_CURVE_DIR=DIR)",
+    )
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -19,7 +19,8 @@ MCAP log times (when the recorder received each message):
 ``loop`` plays the window again and again (one mean message interval between passes);
 ``start_s``/``end_s`` cut a window, in seconds from the first message; ``topics`` filters.
 `Player.replay` yields the re-stamped messages instead of publishing them, for consumers in the
-same process (node tests, benchmarks).
+same process (node tests, benchmarks). ``faults`` (a `fusion.faults.FaultInjector`) drops,
+delays, reorders, duplicates, freezes or re-stamps messages between replay and publishing.
 
 Re-stamping: the header of each message is rebuilt, its array buffers are sent byte for byte as
 recorded. ``seq`` and every field keep their recorded values except the stamps: ``capture_ns``
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fusion.errors import ConfigError, CorruptRecordingError
+from fusion.faults import FaultInjector
 from fusion.messages import Detections, Message
 from fusion.recording import RecordedMessage, RecordingReader
 
@@ -117,6 +119,7 @@ class Player:
         end_s: float | None = None,
         topics: Iterable[str] | None = None,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        faults: FaultInjector | None = None,
     ) -> None:
         if not MIN_RATE <= rate <= MAX_RATE:
             raise ConfigError(f"rate must be between {MIN_RATE} and {MAX_RATE}, got {rate}")
@@ -136,6 +139,7 @@ class Player:
         self.start_ns = reader.start_ns + int(start_s * 1e9)
         self.end_ns = None if end_s is None else reader.start_ns + int(end_s * 1e9)
         self.clock_ns = clock_ns
+        self.faults = faults
         self.stats = PlayStats(
             duration_s=((self.end_ns or reader.end_ns) - self.start_ns) / 1e9,
         )
@@ -209,7 +213,8 @@ class Player:
         if missing:
             raise ConfigError(f"no publisher for recorded topics {sorted(missing)}")
         next_progress_ns = self.clock_ns()
-        for topic, msg in self.replay():
+        stream = self.replay() if self.faults is None else self.faults.apply(self.replay())
+        for topic, msg in stream:
             self.publishers[topic].send(msg)
             if self.lockstep and topic == LOCKSTEP_TOPIC:
                 self._await_answer(msg.seq)

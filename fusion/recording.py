@@ -18,6 +18,7 @@ into a new, valid, indexed file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import io
@@ -238,16 +239,19 @@ class RecordingWriter:
         channel_id = self._channels.get(topic)
         if channel_id is None:
             channel_id = self._register(topic, views[1])
-        self._mcap.add_message(
-            channel_id,
-            log_time=max(0, log_time_ns),
-            data=frame_message(views[1:]),
-            publish_time=max(0, publish_time_ns),
-            sequence=sequence & 0xFFFFFFFF,
-        )
-        self.counts[topic] = self.counts.get(topic, 0) + 1
-        # Finished chunks go to the OS now (an empty buffer makes this a no-op).
-        self._file.flush()
+        try:
+            self._mcap.add_message(
+                channel_id,
+                log_time=max(0, log_time_ns),
+                data=frame_message(views[1:]),
+                publish_time=max(0, publish_time_ns),
+                sequence=sequence & 0xFFFFFFFF,
+            )
+            self.counts[topic] = self.counts.get(topic, 0) + 1
+            # Finished chunks go to the OS now (an empty buffer makes this a no-op).
+            self._file.flush()
+        except OSError as exc:
+            raise self._failed(exc) from exc
 
     def _register(self, topic: str, header: memoryview) -> int:
         try:
@@ -269,7 +273,10 @@ class RecordingWriter:
     def flush(self) -> None:
         """Finish the chunk in progress and hand it to the OS."""
         if not self.closed:
-            self._mcap.flush()
+            try:
+                self._mcap.flush()
+            except OSError as exc:
+                raise self._failed(exc) from exc
 
     def close(self) -> None:
         """Write the summary and footer; the file is then valid and indexed."""
@@ -278,8 +285,20 @@ class RecordingWriter:
         self.closed = True
         try:
             self._mcap.finish()
-        finally:
             self._file.close()
+        except OSError as exc:
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: OSError) -> RecordingError:
+        """Stop writing after an I/O error (a full disk): what reached the disk stays there."""
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        return RecordingError(
+            f"writing {self.path} failed: {exc.strerror or exc}; it holds every chunk finished "
+            f"before ({sum(self.counts.values())} messages): run `fusion recover {self.path} "
+            "FIXED.mcap` with FIXED on a disk with space"
+        )
 
     def __enter__(self) -> RecordingWriter:
         return self

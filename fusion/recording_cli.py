@@ -14,9 +14,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from fusion import node, services
 from fusion.errors import ConfigError
+from fusion.faults import parse_specs, sleep_until_monotonic
 from fusion.player import DEFAULT_LOCKSTEP_TIMEOUT_S, MAX_RATE, MIN_RATE, Player, PlayStats
 from fusion.recorder import RECORDER_QUEUE_SIZE, Recorder
 from fusion.recording import (
@@ -96,6 +98,15 @@ def add_play_arguments(parser: argparse.ArgumentParser) -> None:
         help="wait this long for a subscriber on every topic before starting (0: do not)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--inject",
+        action="append",
+        default=None,
+        metavar="FAULT",
+        help="inject a sensor fault, e.g. drop:radar:2s@3s, delay:camera:80ms, reorder:radar, "
+        "duplicate:camera, freeze:camera:1s, clock-jump:camera:+500ms (repeatable; "
+        "see docs/reliability.md)",
+    )
     node.add_common_arguments(parser)
 
 
@@ -133,6 +144,8 @@ def _on_signals(handler: Callable[[], None]) -> None:
 
 def run_play(args: argparse.Namespace) -> int:
     overrides = node.endpoint_overrides(args)
+    timed = not (args.max_speed or args.lockstep)
+    faults = parse_specs(args.inject, sleep_until_monotonic if timed else None)
     with RecordingReader(args.file) as reader:
         topics = args.topics or [
             t for t in reader.topics if not (args.lockstep and t == "detections")
@@ -156,6 +169,7 @@ def run_play(args: argparse.Namespace) -> int:
                 start_s=args.start,
                 end_s=args.end,
                 topics=topics,
+                faults=faults,
             )
             _on_signals(player.stop)
             if args.wait_subscribers_s > 0:
@@ -170,6 +184,8 @@ def run_play(args: argparse.Namespace) -> int:
     if progress is not None and sys.stderr.isatty():
         print(file=sys.stderr)
     log.info("played %d messages %s", stats.published, stats.per_topic)
+    if faults is not None:
+        log.info("injected faults (messages touched): %s", faults.summary())
     if stats.damage:
         print(f"fusion play: error: {stats.damage}", file=sys.stderr)
         return 2
@@ -208,13 +224,26 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     node.add_common_arguments(parser)
 
 
+def _unused_path(path: str) -> str:
+    """`path`, or ``stem.N.suffix`` (the first N that is free) when it exists: a recorder
+    restarted by the launcher must not overwrite what the killed one left for `fusion recover`."""
+    p = Path(path)
+    if not p.exists():
+        return path
+    n = 1
+    while (candidate := p.with_name(f"{p.stem}.{n}{p.suffix}")).exists():
+        n += 1
+    log.warning("%s exists; recording to %s instead", p, candidate)
+    return str(candidate)
+
+
 def run_record(args: argparse.Namespace) -> int:
     topics = args.topics or [t for t, s in services.SERVICES.items() if s.recorded]
     for topic in topics:
         services.service(topic)
     if args.chunk_size <= 0 or args.flush_s <= 0:
         raise ConfigError("--chunk-size and --flush-s must be positive")
-    out = args.out or time.strftime("recording-%Y%m%d-%H%M%S.mcap")
+    out = _unused_path(args.out or time.strftime("recording-%Y%m%d-%H%M%S.mcap"))
     overrides = node.endpoint_overrides(args)
     endpoints = {t: services.endpoint(t, overrides) for t in topics}
     shutdown = node.ShutdownFlag()

@@ -19,6 +19,10 @@ Transport behaviour that surprises people, stated up front:
   wrong: at a full queue ZeroMQ drops the newest message, not the oldest.)
 - **Garbage is counted, never fatal.** A malformed message is counted as ``rejected`` and logged
   (rate-limited); `recv` goes on to the next one.
+- **Nothing listens beyond this host unless told.** Binding ``tcp://`` on all interfaces is
+  refused unless ``FUSION_ALLOW_PUBLIC_BIND=1``; ``tcp://`` sockets use CurveZMQ when
+  ``FUSION_CURVE_DIR`` names a key folder (`fusion.security`), and a subscriber refuses any
+  frame over `MAX_MESSAGE_BYTES` before allocating it (ZMQ_MAXMSGSIZE drops the connection).
 - **Set options before connecting.** Changing the high-water mark on a connected socket can
   deadlock the sender, so every option is set before ``bind``/``connect``.
 """
@@ -35,6 +39,7 @@ import zmq
 from fusion import codec, services
 from fusion.errors import ConfigError, DecodeError
 from fusion.messages import Message
+from fusion.security import CurveConfig, HandshakeWatch, secure_socket
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,8 @@ LATEST_ONLY_RCVHWM = 32
 #: Send queue per subscriber for queued topics.
 QUEUED_SNDHWM = 1000
 LINGER_MS = 200
+#: A message this many ``seq`` behind the newest still counts as late rather than lost.
+LATE_SEQ_WINDOW = 256
 #: Largest multipart message a subscriber accepts (bounds what a peer can make us allocate).
 MAX_MESSAGE_BYTES = 4 * codec.MAX_BUFFER_BYTES
 
@@ -86,6 +93,18 @@ def _allow_public_bind() -> bool:
     return os.environ.get("FUSION_ALLOW_PUBLIC_BIND") == "1"
 
 
+def _secure(
+    socket: zmq.Socket, url: str, bind: bool, curve: CurveConfig | None
+) -> HandshakeWatch | None:
+    """CurveZMQ on ``tcp://`` when `curve` (or ``FUSION_CURVE_DIR``) says so; see
+    `fusion.security`. The binding side is the Curve server."""
+    try:
+        return secure_socket(socket, url, server=bind, curve=curve or CurveConfig.from_env())
+    except ConfigError:
+        socket.close(0)
+        raise
+
+
 class Publisher:
     """Publishes messages of one topic.
 
@@ -102,6 +121,7 @@ class Publisher:
         bind: bool = True,
         sndhwm: int | None = None,
         context: zmq.Context | None = None,
+        curve: CurveConfig | None = None,
     ) -> None:
         svc = services.service(topic)
         self.topic = topic
@@ -116,6 +136,7 @@ class Publisher:
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)
         _check_endpoint(self.endpoint, bind)
+        self.security = _secure(self.socket, self.endpoint, bind, curve)
         try:
             if bind:
                 self.socket.bind(self.endpoint)
@@ -177,7 +198,9 @@ class SubscriberStats:
     """What a subscriber saw. Every message that arrived is exactly one of: delivered by
     `recv`, ``skipped`` (an older message dropped by latest-only delivery) or ``rejected``
     (malformed). ``lost`` counts messages that never arrived (gaps in ``seq``: high-water-mark
-    drops or a network loss); ``restarts`` counts a sender whose ``seq`` went backwards."""
+    drops or a network loss); ``restarts`` counts messages whose ``seq`` went backwards: a
+    restarted sender, a duplicate, or a late (reordered) message, which is then taken back from
+    ``lost`` if it arrives within `LATE_SEQ_WINDOW` of the gap."""
 
     received: int = 0
     delivered: int = 0
@@ -212,12 +235,15 @@ class Subscriber:
         queue_size: int | None = None,
         bind: bool = False,
         context: zmq.Context | None = None,
+        curve: CurveConfig | None = None,
     ) -> None:
         svc = services.service(topic)
         self.topic = topic
         self.endpoint = endpoint or services.endpoint(topic)
         self.latest_only = svc.latest_only if latest_only is None else latest_only
+        self._message_type = svc.message_type
         self.stats = SubscriberStats()
+        self._missing: dict[str, set[int]] = {}
         self._log = RateLimitedLog(log)
         ctx = context or zmq.Context.instance()
         self.socket = ctx.socket(zmq.SUB)
@@ -227,6 +253,7 @@ class Subscriber:
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         _check_endpoint(self.endpoint, bind)
+        self.security = _secure(self.socket, self.endpoint, bind, curve)
         try:
             if bind:
                 self.socket.bind(self.endpoint)
@@ -287,6 +314,8 @@ class Subscriber:
             topic, msg = codec.decode(frames)
             if topic != self.topic:
                 raise DecodeError(f"topic {topic!r} on the {self.topic!r} subscription")
+            if not isinstance(msg, self._message_type):
+                raise DecodeError(f"{type(msg).__name__} on the {self.topic!r} subscription")
         except DecodeError as exc:
             self.stats.rejected += 1
             self.stats.last_error = str(exc)
@@ -296,13 +325,23 @@ class Subscriber:
         return msg
 
     def _track_seq(self, msg: Message) -> None:
-        last = self.stats.last_seq.get(msg.sensor_id)
+        sensor, seq = msg.sensor_id, msg.seq
+        last = self.stats.last_seq.get(sensor)
         if last is not None:
-            if msg.seq > last + 1:
-                self.stats.lost += msg.seq - last - 1
-            elif msg.seq <= last:
+            missing = self._missing.setdefault(sensor, set())
+            if seq > last + 1:
+                self.stats.lost += seq - last - 1
+                missing.update(range(max(last + 1, seq - LATE_SEQ_WINDOW), seq))
+                if len(missing) > 2 * LATE_SEQ_WINDOW:
+                    self._missing[sensor] = {s for s in missing if s >= seq - LATE_SEQ_WINDOW}
+            elif seq <= last:
                 self.stats.restarts += 1
-        self.stats.last_seq[msg.sensor_id] = msg.seq
+                if seq in missing:  # late, not lost: reordered on the way
+                    missing.discard(seq)
+                    self.stats.lost -= 1
+                    return
+                missing.clear()  # the sender restarted: its old gaps will not be filled
+        self.stats.last_seq[sensor] = seq
 
     def close(self) -> None:
         self.socket.close()

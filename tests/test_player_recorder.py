@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_recording import MS, camera, drive, radar, write_drive
 
 from fusion import codec
 from fusion.cli import main as fusion_main
@@ -23,6 +22,7 @@ from fusion.recorder import Recorder
 from fusion.recording import RecordingReader, RecordingWriter
 from fusion.testing import FakePublisher, FakeSubscriber
 from fusion.transport import Publisher, Subscriber
+from tests.test_recording import MS, camera, drive, radar, write_drive
 
 REPO = Path(__file__).resolve().parents[1]
 #: Drives in these tests contain every registry topic the player may publish.

@@ -1,0 +1,402 @@
+"""Security: CurveZMQ keys and handshakes, loopback-only binding, and size limits on the wire."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+import zmq.auth
+
+from fusion import cli, codec, security, transport
+from fusion.errors import ConfigError
+from fusion.messages import EgoMotion, RadarScan, empty_points
+from fusion.security import CurveConfig
+from fusion.transport import Publisher, Subscriber
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ego(seq: int) -> EgoMotion:
+    return EgoMotion(
+        speed_mps=10.0, yaw_rate_rps=0.0, seq=seq, capture_ns=time.monotonic_ns(), sensor_id="ego"
+    )
+
+
+def make_keys(folder: Path, *extra: str) -> CurveConfig:
+    assert cli.main(["keys", str(folder), *extra]) == 0
+    return CurveConfig(folder)
+
+
+def exchange(pub: Publisher, sub: Subscriber, count: int = 20) -> int:
+    """Send `count` messages over ~1 s (so handshakes can finish); how many arrived."""
+    got = 0
+    for i in range(count):
+        pub.send(ego(i))
+        got += sub.recv(50) is not None
+    return got
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> CurveConfig:
+    return make_keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def test_fusion_keys_writes_private_pyzmq_certificates(keys: CurveConfig) -> None:
+    for name in ("server", "client"):
+        public, secret = zmq.auth.load_certificate(keys.keys_dir / f"{name}.key_secret")
+        assert len(public) == 40 and len(secret) == 40
+        assert zmq.auth.load_certificate(keys.keys_dir / f"{name}.key") == (public, None)
+        assert stat.S_IMODE((keys.keys_dir / f"{name}.key_secret").stat().st_mode) == 0o600
+    assert (keys.authorized_dir / "client.key").read_bytes() == (
+        keys.keys_dir / "client.key"
+    ).read_bytes()
+    with pytest.raises(ConfigError, match="exists"):
+        security.write_keypair(keys.keys_dir, "server")
+
+
+def test_secret_readable_by_others_is_refused(keys: CurveConfig) -> None:
+    keys.client_secret_file.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        security.load_keypair(keys.client_secret_file)
+    with pytest.raises(ConfigError, match="fusion keys"):
+        security.load_keypair(keys.keys_dir / "nobody.key_secret")
+    keys.client_secret_file.chmod(0o600)
+    keys.client_secret_file.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        security.load_keypair(keys.client_secret_file)
+    public_only = keys.server_public_file.rename(keys.keys_dir / "x.key_secret")
+    public_only.chmod(0o600)
+    with pytest.raises(ConfigError, match="holds no secret key"):
+        security.load_keypair(public_only)
+
+
+def test_right_keys_deliver(keys: CurveConfig, endpoint: str) -> None:
+    with (
+        Publisher("ego_motion", endpoint, curve=keys) as pub,
+        Subscriber("ego_motion", endpoint, curve=keys) as sub,
+    ):
+        assert exchange(pub, sub) > 0
+        assert sub.security.succeeded == 1 and sub.security.failed == 0
+
+
+def test_keys_from_environment_and_node_flag(
+    keys: CurveConfig, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(security.KEYS_DIR_ENV, "")  # restored after the flag sets it
+    import argparse
+
+    from fusion import node
+
+    parser = argparse.ArgumentParser()
+    node.add_common_arguments(parser)
+    parser.parse_args(["--curve-keys", str(keys.keys_dir)])
+    assert os.environ[security.KEYS_DIR_ENV] == str(keys.keys_dir)
+    with Publisher("ego_motion", endpoint) as pub, Subscriber("ego_motion", endpoint) as sub:
+        assert pub.security is not None and sub.security is not None
+        assert exchange(pub, sub) > 0
+
+
+def test_ipc_is_not_curve_secured(keys: CurveConfig) -> None:
+    with Publisher("ego_motion", curve=keys) as pub, Subscriber("ego_motion", curve=keys) as sub:
+        assert pub.security is None and sub.security is None
+        assert exchange(pub, sub) > 0
+
+
+def test_subscriber_without_keys_is_refused_and_logged(
+    keys: CurveConfig, endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="fusion.security"),
+        Publisher("ego_motion", endpoint, curve=keys) as pub,
+    ):
+        with Subscriber("ego_motion", endpoint) as sub:
+            assert exchange(pub, sub) == 0
+        assert pub.security.failed >= 1
+    assert "CurveZMQ server: a handshake" in caplog.text
+
+
+def test_unknown_client_key_is_refused_and_logged(
+    keys: CurveConfig, endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    intruder = tmp_path / "intruder"
+    intruder.mkdir()
+    shutil.copy(keys.server_public_file, intruder / "server.key")  # knows the server...
+    security.write_keypair(intruder, "client")  # ...but its own key is not authorised
+    with (
+        caplog.at_level(logging.WARNING, logger="fusion.security"),
+        Publisher("ego_motion", endpoint, curve=keys) as pub,
+        Subscriber("ego_motion", endpoint, curve=CurveConfig(intruder)) as sub,
+    ):
+        assert exchange(pub, sub) == 0
+        assert sub.security.failed >= 1 and "AUTH" in sub.security.last_error
+    public = zmq.auth.load_certificate(intruder / "client.key")[0].decode()
+    assert f"refused a CurveZMQ client with public key {public}" in caplog.text
+
+
+def test_revoking_a_client_key_takes_effect_without_restart(
+    keys: CurveConfig, endpoint: str
+) -> None:
+    with Publisher("ego_motion", endpoint, curve=keys) as pub:
+        with Subscriber("ego_motion", endpoint, curve=keys) as sub:
+            assert exchange(pub, sub) > 0
+        (keys.authorized_dir / "client.key").unlink()
+        with Subscriber("ego_motion", endpoint, curve=keys) as sub:
+            assert exchange(pub, sub) == 0
+
+
+def test_publisher_with_wrong_server_key_is_refused_and_logged(
+    keys: CurveConfig, endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rogue = make_keys(tmp_path / "rogue")
+    with (
+        caplog.at_level(logging.WARNING, logger="fusion.security"),
+        Publisher("ego_motion", endpoint, curve=rogue) as pub,
+        Subscriber("ego_motion", endpoint, curve=keys) as sub,
+    ):
+        assert exchange(pub, sub) == 0
+        assert sub.security.failed >= 1 and sub.security.succeeded == 0
+    assert "CurveZMQ client: a handshake" in caplog.text
+
+
+def test_missing_key_files_are_config_errors(tmp_path: Path, endpoint: str) -> None:
+    with pytest.raises(ConfigError, match="fusion keys"):
+        Publisher("ego_motion", endpoint, curve=CurveConfig(tmp_path))
+    with pytest.raises(ConfigError, match="fusion keys"):
+        Subscriber("ego_motion", endpoint, curve=CurveConfig(tmp_path))
+
+
+# -- binding -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["*", "0.0.0.0", "[::]"])
+def test_binding_all_interfaces_needs_explicit_opt_in(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FUSION_ALLOW_PUBLIC_BIND", raising=False)
+    url = f"tcp://{host}:{free_port()}"
+    with pytest.raises(ConfigError, match="FUSION_ALLOW_PUBLIC_BIND=1"):
+        Publisher("ego_motion", url)
+    with pytest.raises(ConfigError, match="FUSION_ALLOW_PUBLIC_BIND=1"):
+        Subscriber("ego_motion", url, bind=True)
+    if host != "[::]":
+        monkeypatch.setenv("FUSION_ALLOW_PUBLIC_BIND", "1")
+        Publisher("ego_motion", url).close()
+
+
+def test_default_endpoints_are_ipc_in_a_private_folder() -> None:
+    from fusion import services
+
+    for topic in services.SERVICES:
+        assert services.endpoint(topic).startswith("ipc://")
+    assert stat.S_IMODE(os.stat(services.ipc_dir()).st_mode) == 0o700
+
+
+# -- size limits -------------------------------------------------------------------------
+
+
+def test_oversized_frame_is_refused_before_allocation(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZMQ_MAXMSGSIZE: libzmq drops the connection on the length prefix of a too-large frame,
+    so the subscriber never allocates it; the next connection is served as before."""
+    monkeypatch.setattr(transport, "MAX_MESSAGE_BYTES", 1 << 20)
+    small = codec.encode("radar", RadarScan(points=empty_points(4), seq=0, capture_ns=1))
+    huge = [b"radar", small[1], np.zeros(2 << 20, np.uint8)]
+    ctx = zmq.Context.instance()
+    with Subscriber("radar", endpoint, bind=True) as sub:
+        for frames in (huge, small):
+            with ctx.socket(zmq.PUB) as raw:
+                raw.connect(endpoint)
+                got = None
+                for _ in range(20):  # until the subscription has reached the new peer
+                    raw.send_multipart(frames)
+                    if got := sub.recv(50):
+                        break
+            assert (got is None) == (frames is huge)
+        assert sub.stats.received == 1 and sub.stats.rejected == 0
+
+
+@pytest.mark.parametrize(
+    "frames, match",
+    [
+        ([b"radar", b"\x81" + b"\xa1v" + b"\xcf" + b"\xff" * 8], "header"),
+        ([b"x" * (codec.MAX_TOPIC_BYTES + 1), b"{}"], "topic"),
+        ([b"radar", b"\x00" * (codec.MAX_HEADER_BYTES + 1)], "header"),
+    ],
+)
+def test_codec_refuses_oversized_or_absurd_fields(frames: list[bytes], match: str) -> None:
+    with pytest.raises(codec.DecodeError, match=match):
+        codec.decode(frames)
+
+
+@pytest.mark.parametrize("length, match", [(10**7, "limit"), (10**12, "invalid shape")])
+def test_codec_refuses_shape_that_would_allocate_huge(length: int, match: str) -> None:
+    """A header declaring a huge array is refused before anything is allocated for it."""
+    frames = codec.encode("radar", RadarScan(points=empty_points(4), seq=0, capture_ns=1))
+    header = msgpack.unpackb(bytes(frames[1]))
+    header["buffers"][0][2] = [length]
+    frames[1] = msgpack.packb(header)
+    with pytest.raises(codec.DecodeError, match=match):
+        codec.decode(frames)
+
+
+# -- two hosts: network namespaces -------------------------------------------------------
+
+PEER = textwrap.dedent(
+    """
+    import sys, time
+    from fusion.messages import EgoMotion
+    from fusion.security import CurveConfig
+    from fusion.transport import Publisher, Subscriber
+    role, url, keys = sys.argv[1], sys.argv[2], CurveConfig(sys.argv[3])
+    deadline = time.monotonic() + float(sys.argv[4])
+    if role == "pub":
+        pub = Publisher("ego_motion", url, curve=keys)
+        seq = 0
+        while time.monotonic() < deadline:
+            pub.send(EgoMotion(speed_mps=1.0, yaw_rate_rps=0.0, seq=seq,
+                               capture_ns=time.time_ns(), sensor_id="ego", clock="realtime"))
+            seq += 1
+            time.sleep(0.02)
+    else:
+        sub = Subscriber("ego_motion", url, curve=keys)
+        got = 0
+        while time.monotonic() < deadline and got < 10:
+            got += sub.recv(100) is not None
+        print("received", got, "failed", sub.security.failed, flush=True)
+    """
+)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def two_hosts():
+    """Two network namespaces joined by a veth pair: 10.213.7.1 and 10.213.7.2 (test-only)."""
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        pytest.skip("needs root and iproute2 to create network namespaces")
+    tag = uuid.uuid4().hex[:6]
+    names = (f"fxa{tag}", f"fxb{tag}")
+    try:
+        _ip("netns", "add", names[0])
+        _ip("netns", "add", names[1])
+        _ip("link", "add", f"va{tag}", "type", "veth", "peer", "name", f"vb{tag}")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        for ns in names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+        err = getattr(exc, "stderr", b"") or b""
+        pytest.skip(f"cannot create network namespaces here: {err.decode().strip() or exc}")
+    try:
+        devices, addresses = (f"va{tag}", f"vb{tag}"), ("10.213.7.1", "10.213.7.2")
+        for ns, dev, addr in zip(names, devices, addresses, strict=True):
+            _ip("link", "set", dev, "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        yield names
+    finally:
+        for ns in names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def run_in(ns: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", PEER, *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_curve_across_two_network_namespaces(
+    two_hosts: tuple[str, str], keys: CurveConfig, tmp_path: Path
+) -> None:
+    intruder = tmp_path / "intruder"
+    intruder.mkdir()
+    shutil.copy(keys.server_public_file, intruder / "server.key")
+    security.write_keypair(intruder, "client")
+    url = "tcp://10.213.7.1:5552"
+    pub = run_in(two_hosts[0], "pub", url, str(keys.keys_dir), "12")
+    try:
+        good = run_in(two_hosts[1], "sub", url, str(keys.keys_dir), "8")
+        bad = run_in(two_hosts[1], "sub", url, str(intruder), "4")
+        good_out = good.communicate(timeout=20)[0]
+        bad_out = bad.communicate(timeout=20)[0]
+    finally:
+        pub.kill()
+        pub_out = pub.communicate(timeout=10)[0]
+    assert "received 10 failed 0" in good_out, good_out
+    assert "received 0" in bad_out and "HANDSHAKE_FAILED_AUTH" in bad_out, bad_out
+    assert "refused a CurveZMQ client" in pub_out, pub_out
+
+
+@pytest.mark.slow
+def test_node_flag_secures_a_real_recorder_process(
+    keys: CurveConfig, endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--curve-keys`` on a node: the recorder records from a keyed publisher over tcp, and
+    one started without keys records nothing."""
+    from fusion.recording import RecordingReader
+    from tests import nodeproc as npc
+
+    monkeypatch.setenv(security.KEYS_DIR_ENV, "")
+    logs, files = {}, {}
+    with Publisher("ego_motion", endpoint, curve=keys) as pub:
+        procs = {}
+        for name, extra in (("keyed", ["--curve-keys", str(keys.keys_dir)]), ("keyless", [])):
+            files[name], logs[name] = tmp_path / f"{name}.mcap", tmp_path / f"{name}.log"
+            procs[name] = npc.start(
+                "nodes.recorder",
+                [
+                    "-o",
+                    str(files[name]),
+                    "--topics",
+                    "ego_motion",
+                    "--endpoint",
+                    f"ego_motion={endpoint}",
+                    "--stats-period-s",
+                    "0",
+                    *extra,
+                ],
+                logs[name],
+            )
+        assert pub.wait_for_subscribers(1, npc.START_TIMEOUT_S), logs["keyed"].read_text()
+        for seq in range(20):
+            pub.send(ego(seq))
+            time.sleep(0.02)
+        time.sleep(0.5)
+        for name, proc in procs.items():
+            npc.stop(proc, logs[name])
+        assert pub.security.failed >= 1  # the keyless recorder's attempts
+    with RecordingReader(files["keyed"]) as reader:
+        assert [m.decode().seq for m in reader.messages()] == list(range(20))
+    with RecordingReader(files["keyless"]) as reader:
+        assert list(reader.messages()) == []
