@@ -55,7 +55,8 @@ QUEUED_SNDHWM = 1000
 LINGER_MS = 200
 #: A message this many ``seq`` behind the newest still counts as late rather than lost.
 LATE_SEQ_WINDOW = 256
-#: Largest multipart message a subscriber accepts (bounds what a peer can make us allocate).
+#: Largest frame a subscriber accepts (ZMQ_MAXMSGSIZE applies per frame; a larger one drops the
+#: connection before anything is allocated for it).
 MAX_MESSAGE_BYTES = 4 * codec.MAX_BUFFER_BYTES
 
 
@@ -93,16 +94,26 @@ def _allow_public_bind() -> bool:
     return os.environ.get("FUSION_ALLOW_PUBLIC_BIND") == "1"
 
 
-def _secure(
+def _open(
     socket: zmq.Socket, url: str, bind: bool, curve: CurveConfig | None
 ) -> HandshakeWatch | None:
-    """CurveZMQ on ``tcp://`` when `curve` (or ``FUSION_CURVE_DIR``) says so; see
-    `fusion.security`. The binding side is the Curve server."""
+    """Check `url`, set up CurveZMQ on ``tcp://`` when `curve` (or ``FUSION_CURVE_DIR``) says so
+    (the binding side is the Curve server; see `fusion.security`), then bind or connect. The
+    socket is closed on any failure."""
+    _check_endpoint(url, bind)
     try:
-        return secure_socket(socket, url, server=bind, curve=curve or CurveConfig.from_env())
+        security = secure_socket(socket, url, server=bind, curve=curve or CurveConfig.from_env())
+        if bind:
+            socket.bind(url)
+        else:
+            socket.connect(url)
     except ConfigError:
         socket.close(0)
         raise
+    except zmq.ZMQError as exc:
+        socket.close(0)
+        raise ConfigError(f"cannot {'bind' if bind else 'connect'} {url}: {exc}") from exc
+    return security
 
 
 class Publisher:
@@ -135,18 +146,7 @@ class Publisher:
         hwm = sndhwm or (LATEST_ONLY_SNDHWM if svc.latest_only else QUEUED_SNDHWM)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)
-        _check_endpoint(self.endpoint, bind)
-        self.security = _secure(self.socket, self.endpoint, bind, curve)
-        try:
-            if bind:
-                self.socket.bind(self.endpoint)
-            else:
-                self.socket.connect(self.endpoint)
-        except zmq.ZMQError as exc:
-            self.socket.close(0)
-            raise ConfigError(
-                f"cannot {'bind' if bind else 'connect'} {self.endpoint}: {exc}"
-            ) from exc
+        self.security = _open(self.socket, self.endpoint, bind, curve)
 
     def send(self, msg: Message) -> None:
         msg.trace["published"] = time.monotonic_ns()
@@ -252,18 +252,7 @@ class Subscriber:
         self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        _check_endpoint(self.endpoint, bind)
-        self.security = _secure(self.socket, self.endpoint, bind, curve)
-        try:
-            if bind:
-                self.socket.bind(self.endpoint)
-            else:
-                self.socket.connect(self.endpoint)
-        except zmq.ZMQError as exc:
-            self.socket.close(0)
-            raise ConfigError(
-                f"cannot {'bind' if bind else 'connect'} {self.endpoint}: {exc}"
-            ) from exc
+        self.security = _open(self.socket, self.endpoint, bind, curve)
 
     def recv(self, timeout_ms: int | None = 0) -> Message | None:
         """The next (queued) or newest (latest-only) valid message, or None after `timeout_ms`
