@@ -13,7 +13,7 @@ Data: validation is always a different sequence than training, never frames of t
   frames are the test set (only `fusion eval` touches it), the runs before them holding 15 %
   the validation set, the rest training.
 - ``--data A.mcap B.mcap --val-data C.mcap``: recordings, one sequence each.
-- ``--sim-seeds 1 2 3 --val-seed 100``: drives simulated in memory with `fusion.sim.simulate`.
+- ``--sim-seeds 11 12 13 --val-seeds 100``: drives simulated in memory with `fusion.sim.simulate`.
 
 Encoded samples are cached under ``--cache-dir`` (default ``runs/cache``), so only the first run
 on a data set pays for decoding JPEGs and rasterising radar.

@@ -86,6 +86,20 @@ def ego_motion(seq: int) -> EgoMotion:
     )
 
 
+def fusion_node_args(weights: Path, budget_ms: object) -> list[str]:
+    """Arguments every test's fusion node shares: the given weights, one CPU thread, a budget."""
+    return [
+        "--weights",
+        str(weights),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--budget-ms",
+        str(budget_ms),
+    ]
+
+
 def start(module: str, args: list[str], log_path: Path) -> subprocess.Popen:
     """Run ``python -m module args`` with its output in `log_path`."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")

@@ -216,14 +216,7 @@ def feed(specs: list[str], seconds: float, tmp_path: Path, budget_ms: float = 10
     proc = npc.start(
         "nodes.fusion_node",
         [
-            "--weights",
-            str(weights),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--budget-ms",
-            str(budget_ms),
+            *npc.fusion_node_args(weights, budget_ms=str(budget_ms)),
             "--sync-deadline-ms",  # pairing must not depend on how busy the machine is
             "100",
             "--stats-period-s",

@@ -127,14 +127,7 @@ def test_fuzzed_messages_are_counted_and_valid_ones_still_processed(tmp_path: Pa
     fusion = npc.start(
         "nodes.fusion_node",
         [
-            "--weights",
-            str(weights),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--budget-ms",
-            "10000",
+            *npc.fusion_node_args(weights, budget_ms="10000"),
             "--stats-period-s",
             "0",
         ],
@@ -256,14 +249,7 @@ def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_pa
     fusion = npc.start(
         "nodes.fusion_node",
         [
-            "--weights",
-            str(weights),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--budget-ms",
-            "5000",
+            *npc.fusion_node_args(weights, budget_ms="5000"),
             "--stats-period-s",
             "0",
         ],
