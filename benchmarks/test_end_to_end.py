@@ -168,15 +168,11 @@ class CpuSampler:
 
 
 def _graph_args(recording: Path, weights: Path, lockstep: bool) -> argparse.Namespace:
-    return argparse.Namespace(
-        recording=recording,
-        lockstep=lockstep,
-        rate=1.0,
-        budget_ms=BUDGET_MS,
-        device=DEVICE,
-        weights=str(weights),
-        no_viewer=True,
-    )
+    from fusion.demo import parse_args
+
+    argv = ["--recording", str(recording), "--budget-ms", str(BUDGET_MS), "--device", DEVICE]
+    argv += ["--weights", str(weights), "--no-viewer", *(["--lockstep"] if lockstep else [])]
+    return parse_args(argv)
 
 
 def _last_match(text: str, pattern: str) -> str | None:

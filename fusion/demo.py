@@ -77,7 +77,7 @@ def build_graph(args: argparse.Namespace, out: Path) -> GraphSpec:
     return GraphSpec(name="demo", nodes=nodes)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m fusion.demo", description=__doc__.splitlines()[0]
     )
@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="model checkpoint (default: the committed sim weights)")
     parser.add_argument("--no-viewer", action="store_true", help="skip the annotated video")
     parser.add_argument("--no-status", action="store_true", help="no live status table")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

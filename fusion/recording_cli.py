@@ -156,7 +156,11 @@ def run_play(args: argparse.Namespace) -> int:
             for topic in topics:
                 publishers[topic] = Publisher(topic, services.endpoint(topic, overrides))
             if args.lockstep:
-                answers = Subscriber("detections", services.endpoint("detections", overrides))
+                answers = Subscriber(
+                    "detections",
+                    services.endpoint("detections", overrides),
+                    track_connection=True,
+                )
             player = Player(
                 reader,
                 publishers,
@@ -174,6 +178,8 @@ def run_play(args: argparse.Namespace) -> int:
             _on_signals(player.stop)
             if args.wait_subscribers_s > 0:
                 _wait_for_subscribers(publishers, args.wait_subscribers_s)
+                if answers is not None and not answers.wait_connected(args.wait_subscribers_s):
+                    log.info("lock-step: no detections publisher yet; starting anyway")
             progress = None if args.no_progress else _progress_printer(args.stats_period_s)
             stats = player.run(on_progress=progress)
         finally:

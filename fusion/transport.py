@@ -95,14 +95,16 @@ def _allow_public_bind() -> bool:
 
 
 def _open(
-    socket: zmq.Socket, url: str, bind: bool, curve: CurveConfig | None
+    socket: zmq.Socket, url: str, bind: bool, curve: CurveConfig | None, watch: bool = False
 ) -> HandshakeWatch | None:
     """Check `url`, set up CurveZMQ on ``tcp://`` when `curve` (or ``FUSION_CURVE_DIR``) says so
-    (the binding side is the Curve server; see `fusion.security`), then bind or connect. The
-    socket is closed on any failure."""
+    (the binding side is the Curve server; see `fusion.security`), then bind or connect. With
+    `watch`, handshakes are counted even without Curve. The socket is closed on any failure."""
     _check_endpoint(url, bind)
     try:
         security = secure_socket(socket, url, server=bind, curve=curve or CurveConfig.from_env())
+        if security is None and watch:
+            security = HandshakeWatch(socket, url)
         if bind:
             socket.bind(url)
         else:
@@ -236,6 +238,7 @@ class Subscriber:
         bind: bool = False,
         context: zmq.Context | None = None,
         curve: CurveConfig | None = None,
+        track_connection: bool = False,
     ) -> None:
         svc = services.service(topic)
         self.topic = topic
@@ -252,7 +255,21 @@ class Subscriber:
         self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        self.security = _open(self.socket, self.endpoint, bind, curve)
+        self.security = _open(self.socket, self.endpoint, bind, curve, watch=track_connection)
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Block until a connection to a publisher is up, or `timeout_s` passes. Needs
+        ``track_connection=True`` (or CurveZMQ). A consumer that must not miss the first answer
+        to its own first request (the lock-step player) waits for this before sending."""
+        if self.security is None:
+            raise ConfigError(f"{self.topic} subscriber was made without track_connection=True")
+        deadline = time.monotonic() + timeout_s
+        while self.security.succeeded == 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        time.sleep(0.02)  # the subscription follows the handshake
+        return True
 
     def recv(self, timeout_ms: int | None = 0) -> Message | None:
         """The next (queued) or newest (latest-only) valid message, or None after `timeout_ms`

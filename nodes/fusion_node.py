@@ -100,10 +100,12 @@ def main(
         motion_compensation=not args.no_motion_compensation,
     )
     detector = detector or build_detector(args)
+    # Bind the output before subscribing: a lock-step player starts once it sees our inputs
+    # subscribed and needs somewhere to hear the answers.
+    pub = pub or Publisher("detections", services.endpoint("detections", overrides))
     if inputs is None:
         subs = {t: Subscriber(t, services.endpoint(t, overrides)) for t in SUBSCRIBE_ORDER}
         inputs = node.Inputs(subs, validators={"radar": radar_problem})
-    pub = pub or Publisher("detections", services.endpoint("detections", overrides))
     pipeline = FusionPipeline(detector, config)
     shutdown = node.ShutdownFlag()
     stats = node.StatsLine("fusion", args.stats_period_s, lambda: summary(pipeline, inputs))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fusion.errors import ConfigError
-from fusion.messages import CameraFrame, RadarScan, empty_points
+from fusion.messages import CameraFrame, Detections, RadarScan, empty_detections, empty_points
 from fusion.transport import Publisher, Subscriber
 
 
@@ -190,3 +190,15 @@ def test_subscriber_survives_a_publisher_killed_and_restarted(endpoint: str) -> 
         assert [m.seq for m in before] == list(range(10))
         assert [m.seq for m in after] == list(range(50))
         assert sub.stats.restarts == 1
+
+
+def test_wait_connected_tracks_the_handshake(ipc_dir) -> None:
+    url = f"ipc://{ipc_dir}/late.sock"
+    with Subscriber("detections", url, track_connection=True) as sub:
+        assert not sub.wait_connected(0.2)  # nothing bound yet
+        with Publisher("detections", url) as pub:
+            assert sub.wait_connected(5.0)
+            pub.send(Detections(objects=empty_detections(), seq=0))  # no wait_for_subscribers
+            assert sub.recv(2000) is not None
+    with Subscriber("radar", url) as plain, pytest.raises(ConfigError, match="track_connection"):
+        plain.wait_connected(0.1)
