@@ -210,7 +210,11 @@ def targets(results: dict, ratios: dict) -> list[list[str]]:
             ]
         )
     benches = by_name(results)
-    for key, device in (("test_forward_cpu[fp32]", "cpu"), ("test_forward_cuda_fp16", "cuda")):
+    # the default precision: channels_last + bf16 autocast on a CPU with native bf16
+    for key, device in (
+        ("test_forward_cpu[channels_last_bf16]", "cpu"),
+        ("test_forward_cuda_fp16", "cuda"),
+    ):
         bench = next((b for n, b in benches.items() if n.endswith(key)), None)
         if bench is not None:
             median_ms = bench["stats"]["median"] * 1e3
