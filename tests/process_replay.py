@@ -84,7 +84,11 @@ def replay_fusion(config: ReplayConfig, weights: Path | None = None) -> list[Det
 
 
 def to_arrays(outputs: list[Detections], ignore: tuple[str, ...]) -> dict[str, np.ndarray]:
-    kept = [f.name for f in dataclasses.fields(Detections) if f.name not in (*ignore, "objects")]
+    kept = [
+        f.name
+        for f in dataclasses.fields(Detections)
+        if f.name not in (*ignore, "objects", "health")
+    ]
     arrays = {
         "counts": np.array([len(o.objects) for o in outputs], np.int64),
         "objects": np.concatenate([o.objects for o in outputs])
@@ -93,6 +97,9 @@ def to_arrays(outputs: list[Detections], ignore: tuple[str, ...]) -> dict[str, n
     }
     for name in kept:
         arrays[f"field_{name}"] = np.array([repr(getattr(o, name)) for o in outputs])
+    keys = sorted({k for o in outputs for k in o.health})
+    arrays["health_keys"] = np.array(keys)
+    arrays["health"] = np.array([[o.health.get(k, np.nan) for k in keys] for o in outputs])
     return arrays
 
 
@@ -103,13 +110,18 @@ def compare(
     for key in sorted(set(want) | set(got)):
         if key not in got or key not in want:
             problems.append(f"{key}: only in {'reference' if key in want else 'this run'}")
-        elif key == "objects":
+        elif key in ("objects", "health"):
             continue
         elif not np.array_equal(got[key], want[key]):
             diff = (
                 np.flatnonzero(got[key] != want[key]) if got[key].shape == want[key].shape else []
             )
             problems.append(f"{key}: differs (outputs {list(diff[:5])}...)")
+    if not problems and not np.allclose(
+        got["health"], want["health"], atol=config.tolerance, rtol=0, equal_nan=True
+    ):
+        worst = np.nanmax(np.abs(got["health"] - want["health"]))
+        problems.append(f"health: max difference {worst:.2e} > {config.tolerance}")
     if not problems:
         for name in DETECTION_DTYPE.names:
             a, b = got["objects"][name], want["objects"][name]

@@ -306,3 +306,27 @@ def test_radar_refinement_snaps_the_range_to_the_covered_points():
     # median covered range 20 m + 1.0 * half length along the ray (2 m) -> 22 m
     assert det["x"][0] == pytest.approx(22.0, abs=0.02) and det["y"][0] == 0.0
     assert (det["x"][1], det["y"][1]) == (10.0, 5.0)  # no points: unchanged
+
+
+def test_folding_batch_norms_keeps_the_outputs() -> None:
+    import copy
+
+    torch.manual_seed(1)
+    model = FusionNet(tiny_config()).eval()
+    with torch.no_grad():  # non-trivial running statistics, as after training
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d) and m.affine:
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    reference = copy.deepcopy(model)  # stays unfolded
+    detector = Detector(model, device="cpu", precision="fp32")  # folds `model` in place
+    assert detector.folded_batch_norms > 10
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and m.affine for m in model.modules())
+    frame = synthetic.sample(np.random.default_rng(0), 3, 128, 64)
+    prepared = detector.preprocess(frame.image_bgr, frame.points, frame.camera)
+    folded_out = detector.infer(prepared)
+    detector.forward = reference  # the same inputs through the unfolded network
+    unfolded_out = detector.infer(prepared)
+    for key in ("heatmap", "offset", "log_depth", "log_dims"):
+        torch.testing.assert_close(folded_out[key], unfolded_out[key], atol=1e-4, rtol=1e-4)
