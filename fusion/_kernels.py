@@ -33,23 +33,24 @@ def _finite5(x, y, z, a, b):
     )
 
 
+@njit(cache=True, inline="always")
+def _to_camera(ref_to_cam, x, y, z):
+    """A reference-frame point in camera coordinates (float64)."""
+    px = np.float64(x)
+    py = np.float64(y)
+    pz = np.float64(z)
+    cx = ref_to_cam[0, 0] * px + ref_to_cam[0, 1] * py + ref_to_cam[0, 2] * pz + ref_to_cam[0, 3]
+    cy = ref_to_cam[1, 0] * px + ref_to_cam[1, 1] * py + ref_to_cam[1, 2] * pz + ref_to_cam[1, 3]
+    cz = ref_to_cam[2, 0] * px + ref_to_cam[2, 1] * py + ref_to_cam[2, 2] * pz + ref_to_cam[2, 3]
+    return cx, cy, cz
+
+
 @njit(cache=True)
 def project_points(x, y, z, ref_to_cam, K, uv, depth):
     """Fill ``uv`` (N, 2) and ``depth`` (N,); NaN pixels for points behind the camera."""
     n = x.shape[0]
     for i in range(n):
-        px = np.float64(x[i])
-        py = np.float64(y[i])
-        pz = np.float64(z[i])
-        cx = (
-            ref_to_cam[0, 0] * px + ref_to_cam[0, 1] * py + ref_to_cam[0, 2] * pz + ref_to_cam[0, 3]
-        )
-        cy = (
-            ref_to_cam[1, 0] * px + ref_to_cam[1, 1] * py + ref_to_cam[1, 2] * pz + ref_to_cam[1, 3]
-        )
-        cz = (
-            ref_to_cam[2, 0] * px + ref_to_cam[2, 1] * py + ref_to_cam[2, 2] * pz + ref_to_cam[2, 3]
-        )
+        cx, cy, cz = _to_camera(ref_to_cam, x[i], y[i], z[i])
         depth[i] = cz
         if cz > MIN_DEPTH_M:
             w = K[2, 0] * cx + K[2, 1] * cy + K[2, 2] * cz
@@ -73,18 +74,7 @@ def image_raster(
     for i in range(x.shape[0]):
         if not _finite5(x[i], y[i], z[i], v_r[i], rcs[i]):
             continue
-        px = np.float64(x[i])
-        py = np.float64(y[i])
-        pz = np.float64(z[i])
-        cx = (
-            ref_to_cam[0, 0] * px + ref_to_cam[0, 1] * py + ref_to_cam[0, 2] * pz + ref_to_cam[0, 3]
-        )
-        cy = (
-            ref_to_cam[1, 0] * px + ref_to_cam[1, 1] * py + ref_to_cam[1, 2] * pz + ref_to_cam[1, 3]
-        )
-        cz = (
-            ref_to_cam[2, 0] * px + ref_to_cam[2, 1] * py + ref_to_cam[2, 2] * pz + ref_to_cam[2, 3]
-        )
+        cx, cy, cz = _to_camera(ref_to_cam, x[i], y[i], z[i])
         if not cz > MIN_DEPTH_M:
             continue
         w = K[2, 0] * cx + K[2, 1] * cy + K[2, 2] * cz
