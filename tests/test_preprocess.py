@@ -282,3 +282,20 @@ def test_rasters_match_reference_on_astyx(astyx_root: Path, frame: int) -> None:
     np.testing.assert_array_equal(
         pp.radar_bev_raster(points), pp.radar_bev_raster_reference(points)
     )
+
+
+def test_warm_up_covers_read_only_points_from_the_wire() -> None:
+    """Arrays decoded from a message are read-only, and numba compiles those separately."""
+    from fusion import codec
+    from fusion.messages import RadarScan
+
+    pp.warm_up()
+    points = np.zeros(50, RADAR_POINT_DTYPE)
+    points["x"] = np.linspace(5, 40, 50)
+    _, scan = codec.decode(codec.encode("radar", RadarScan(points=points)))
+    assert not scan.points.flags.writeable
+    before = len(_kernels.image_raster.signatures)
+    K = np.array([[400.0, 0, 224], [0, 400.0, 128], [0, 0, 1]])
+    ref_to_cam = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
+    pp.radar_image_raster(scan.points, ref_to_cam, K, 32, 56, 8)
+    assert len(_kernels.image_raster.signatures) == before, "a new compile on the hot path"
