@@ -203,6 +203,16 @@ class Calibration(Message):
     }
 
 
+def restamp(msg: Message, capture_ns: int) -> Message:
+    """Move a replayed or simulated message onto this host's monotonic clock: `capture_ns`
+    becomes the time it is released, and the trace (stamps of another run, on another clock)
+    is replaced by ``{"recorded_capture_ns": <the original capture_ns>}``. Returns `msg`."""
+    msg.trace = {"recorded_capture_ns": msg.capture_ns}
+    msg.capture_ns = capture_ns
+    msg.clock = "monotonic"
+    return msg
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__name__: cls
     for cls in (CameraFrame, RadarScan, Detections, EgoMotion, GroundTruth, Calibration)

@@ -43,7 +43,7 @@ from typing import Protocol
 
 from fusion.errors import ConfigError, CorruptRecordingError
 from fusion.faults import FaultInjector
-from fusion.messages import Detections, Message
+from fusion.messages import Detections, Message, restamp
 from fusion.recording import RecordedMessage, RecordingReader
 
 log = logging.getLogger(__name__)
@@ -56,15 +56,6 @@ ANSWER_TOPIC = "detections"
 DEFAULT_LOCKSTEP_TIMEOUT_S = 2.0
 #: Pause between loop passes of a window holding a single message.
 LOOP_GAP_NS = 50_000_000
-
-
-def _restamped(rec: RecordedMessage, due_ns: int) -> Message:
-    """The recorded message with the replay's stamps (see the module docstring)."""
-    msg = rec.decode()
-    msg.trace = {"recorded_capture_ns": msg.capture_ns}
-    msg.capture_ns = due_ns
-    msg.clock = "monotonic"
-    return msg
 
 
 class PublisherLike(Protocol):
@@ -188,7 +179,7 @@ class Player:
                     self.stats.published += 1
                     self.stats.per_topic[rec.topic] = self.stats.per_topic.get(rec.topic, 0) + 1
                     self.stats.position_s = (rec.log_time_ns - self.start_ns) / 1e9
-                    yield rec.topic, _restamped(rec, due_ns)
+                    yield rec.topic, restamp(rec.decode(), due_ns)
                     if self._stop.is_set():
                         return
             except CorruptRecordingError as exc:

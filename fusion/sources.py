@@ -25,7 +25,13 @@ import cv2
 import numpy as np
 
 from fusion.errors import ConfigError, FusionError
-from fusion.messages import RADAR_POINT_DTYPE, Calibration, CameraFrame, Message, RadarScan
+from fusion.messages import (
+    RADAR_POINT_DTYPE,
+    Calibration,
+    CameraFrame,
+    Message,
+    RadarScan,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -80,14 +86,6 @@ def epoch_from_env() -> int | None:
     """``$FUSION_EPOCH_NS``: the monotonic time a graph's simulated drive starts."""
     value = os.environ.get("FUSION_EPOCH_NS")
     return int(value) if value else None
-
-
-def restamp(msg: Message, now_ns: int) -> Message:
-    """Move a replayed message onto this host's monotonic clock, keeping its original stamp."""
-    msg.trace["recorded_capture_ns"] = msg.capture_ns
-    msg.capture_ns = now_ns
-    msg.clock = "monotonic"
-    return msg
 
 
 def camera_frames_from_capture(

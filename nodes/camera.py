@@ -25,7 +25,7 @@ import numpy as np
 
 from fusion import node, sources
 from fusion.errors import ConfigError, FusionError
-from fusion.messages import Calibration, CameraFrame, Message
+from fusion.messages import Calibration, CameraFrame, Message, restamp
 from fusion.services import endpoint
 from fusion.transport import Publisher
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None, camera_pub=None, calibration_pub=None) -
                     released_ns = pacer.wait(msg.capture_ns)
                     if released_ns is None:
                         continue
-                    sources.restamp(msg, released_ns)
+                    restamp(msg, released_ns)
                 if topic == "calibration":
                     calibration = msg
                     continue

@@ -20,6 +20,7 @@ import sys
 
 from fusion import node, sources
 from fusion.errors import ConfigError
+from fusion.messages import restamp
 from fusion.services import endpoint
 from fusion.transport import Publisher
 
@@ -48,7 +49,7 @@ def replay(
         released_ns = pacer.wait(msg.capture_ns)
         if released_ns is None:
             continue
-        pubs[topic].send(sources.restamp(msg, released_ns))
+        pubs[topic].send(restamp(msg, released_ns))
         sent += topic == "radar"
     return sent
 
