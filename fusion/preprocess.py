@@ -78,6 +78,7 @@ RADAR_RASTER_SCALES: tuple[float, ...] = (
     1.0 / VELOCITY_NORM_MPS,
     1.0 / RCS_NORM_DB,
 )
+_RASTER_SCALES = np.asarray(RADAR_RASTER_SCALES, np.float64)  # built once, not per frame
 
 #: Bird's-eye-view raster channels, in order; empty cells are 0 everywhere.
 #:
@@ -229,7 +230,7 @@ def radar_image_raster(
         int(stride),
         float(pillar_size_m[0]) / 2.0,
         float(pillar_size_m[1]) / 2.0,
-        np.asarray(RADAR_RASTER_SCALES, np.float64),
+        _RASTER_SCALES,
         out,
         scratch,
     )
