@@ -1,7 +1,7 @@
 """The echo rig shared by the transport benchmarks: one sender, N echo processes, an ack channel.
 
 The sender publishes a payload with the implementation under test (``ours``: `fusion.transport`
-+ `fusion.codec`; ``raw pyzmq``: the same bytes as a zero-copy multipart; ``pickle`` over zmq;
++ `fusion.wire.codec`; ``raw pyzmq``: the same bytes as a zero-copy multipart; ``pickle`` over zmq;
 ``zenoh``: Eclipse Zenoh's Python pub/sub, peer mode on loopback with explicit listen/connect
 endpoints and multicast scouting off). Each echo process receives it, turns it into a usable
 array (zero-copy where the implementation allows), notes its one-way latency from the sender's
@@ -200,7 +200,7 @@ class EchoRig:
 
 
 def _zmq_receiver(impl: str, url: str, topic: str):
-    from fusion import codec
+    from fusion.wire import codec
 
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 1000)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fusion import preprocess as pp
-from fusion.messages import RADAR_POINT_DTYPE
+from fusion.wire.messages import RADAR_POINT_DTYPE
 
 MODEL_W, MODEL_H, STRIDE = 448, 256, 4
 K = np.array([[400.0, 0.0, MODEL_W / 2], [0.0, 400.0, MODEL_H / 2], [0.0, 0.0, 1.0]])

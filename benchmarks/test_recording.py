@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion import codec
-from fusion.messages import RADAR_POINT_DTYPE, CameraFrame, RadarScan
 from fusion.recording import RecordingReader, RecordingWriter
+from fusion.wire import codec
+from fusion.wire.messages import RADAR_POINT_DTYPE, CameraFrame, RadarScan
 
 CAMERA_FRAMES = 100
 RADAR_SCANS = 65

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from fusion import security
-from fusion.messages import CameraFrame, RadarScan, empty_points
 from fusion.security import CurveConfig
 from fusion.transport import Publisher, Subscriber
+from fusion.wire.messages import CameraFrame, RadarScan, empty_points
 
 PAYLOADS = {
     "radar 64KB": ("radar", lambda: RadarScan(points=empty_points(2730))),

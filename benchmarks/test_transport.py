@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from benchmarks._echo import IMPLS, EchoRig
-from fusion.messages import CameraFrame, RadarScan, empty_points
+from fusion.wire.messages import CameraFrame, RadarScan, empty_points
 
 PAYLOADS = {
     "64B": lambda: CameraFrame(image=np.ones(64, np.uint8), encoding="jpeg"),

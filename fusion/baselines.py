@@ -29,8 +29,8 @@ import numpy as np
 from sklearn.cluster import DBSCAN
 
 from fusion.geometry import CameraModel
-from fusion.messages import CLASS_NAMES, DETECTION_DTYPE
 from fusion.metrics import EvalResult, evaluate_detections
+from fusion.wire.messages import CLASS_NAMES, DETECTION_DTYPE
 
 CAR = CLASS_NAMES.index("car")
 #: Ground range (x, y) within which the Astyx protocol counts ground truth.

@@ -40,9 +40,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from fusion import services
 from fusion.errors import ConfigError
-from fusion.messages import Message
+from fusion.wire import services
+from fusion.wire.messages import Message
 
 #: kind -> (takes an amount, the amount is a duration window rather than a shift)
 KINDS: dict[str, tuple[bool, bool]] = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.errors import CalibrationError
-from fusion.messages import Calibration
+from fusion.wire.messages import Calibration
 
 
 def check_transform(transform: np.ndarray, what: str = "transform") -> np.ndarray:

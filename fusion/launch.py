@@ -41,11 +41,11 @@ from typing import Any
 
 import yaml
 
-from fusion import services
 from fusion.errors import ConfigError
-from fusion.messages import Detections
 from fusion.node import LatencyStats, ShutdownFlag
 from fusion.transport import Subscriber
+from fusion.wire import services
+from fusion.wire.messages import Detections
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fusion.errors import ConfigError
-from fusion.messages import CLASS_NAMES, DETECTION_DTYPE, GT_BOX_DTYPE
+from fusion.wire.messages import CLASS_NAMES, DETECTION_DTYPE, GT_BOX_DTYPE
 
 DEFAULT_THRESHOLDS_M: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_RANGE_BINS_M: tuple[tuple[float, float], ...] = ((0.0, 20.0), (20.0, 35.0), (35.0, 50.0))

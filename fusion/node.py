@@ -27,10 +27,10 @@ from typing import Protocol
 import numpy as np
 import zmq
 
-from fusion import services
-from fusion.messages import Message
 from fusion.security import CurveKeysAction
 from fusion.transport import SubscriberStats
+from fusion.wire import services
+from fusion.wire.messages import Message
 
 log = logging.getLogger(__name__)
 

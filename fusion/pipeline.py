@@ -30,7 +30,10 @@ import numpy as np
 
 from fusion.errors import CalibrationError, FusionError
 from fusion.geometry import CameraModel
-from fusion.messages import (
+from fusion.node import LatencyStats
+from fusion.sync import ApproximateTimeSync, SyncedFrame, synced_points
+from fusion.transport import RateLimitedLog
+from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
     Calibration,
     CameraFrame,
@@ -40,9 +43,6 @@ from fusion.messages import (
     RadarScan,
     empty_detections,
 )
-from fusion.node import LatencyStats
-from fusion.sync import ApproximateTimeSync, SyncedFrame, synced_points
-from fusion.transport import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

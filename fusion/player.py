@@ -43,8 +43,8 @@ from typing import Protocol
 
 from fusion.errors import ConfigError, CorruptRecordingError
 from fusion.faults import FaultInjector
-from fusion.messages import Detections, Message, restamp
 from fusion.recording import RecordedMessage, RecordingReader
+from fusion.wire.messages import Detections, Message, restamp
 
 log = logging.getLogger(__name__)
 

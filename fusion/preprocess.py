@@ -27,7 +27,7 @@ import numpy as np
 
 from fusion import _kernels
 from fusion._kernels import MIN_DEPTH_M
-from fusion.messages import RADAR_POINT_DTYPE
+from fusion.wire.messages import RADAR_POINT_DTYPE
 
 __all__ = [
     "BEV_RASTER_CHANNELS",
@@ -118,7 +118,7 @@ _IMAGE_BIAS = np.array([-m / s for m, s in zip(IMAGE_MEAN, IMAGE_STD, strict=Tru
 def _columns(points: np.ndarray) -> tuple[np.ndarray, ...]:
     if not isinstance(points, np.ndarray) or points.dtype != RADAR_POINT_DTYPE:
         raise ValueError(
-            "points must be a numpy array of fusion.messages.RADAR_POINT_DTYPE, got "
+            "points must be a numpy array of fusion.wire.messages.RADAR_POINT_DTYPE, got "
             f"{getattr(points, 'dtype', type(points))}"
         )
     points = points.reshape(-1)

@@ -46,9 +46,9 @@ from mcap.opcode import Opcode
 from mcap.records import Channel, ChunkIndex, Metadata, MetadataIndex, Schema, Statistics
 from mcap.writer import CompressionType, Writer
 
-from fusion import codec, services
 from fusion.errors import CorruptRecordingError, DecodeError, RecordingError
-from fusion.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
+from fusion.wire import codec, services
+from fusion.wire.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
 
 log = logging.getLogger(__name__)
 

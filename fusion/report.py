@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fusion.messages import Detections
+from fusion.wire.messages import Detections
 
 STAGES = (
     ("transport in", "input_published", "received"),

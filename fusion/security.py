@@ -1,7 +1,7 @@
 """CurveZMQ encryption and authentication for ``tcp://`` endpoints, and ``fusion keys``.
 
 On one host nodes talk over ``ipc://`` sockets in a folder only their user can open (mode 0700,
-see `fusion.services.ipc_dir`), so they need no keys. Across hosts, ``tcp://`` traffic can be
+see `fusion.wire.services.ipc_dir`), so they need no keys. Across hosts, ``tcp://`` traffic can be
 encrypted and authenticated with CurveZMQ: set ``FUSION_CURVE_DIR`` (or pass ``--curve-keys
 DIR`` to any node) to a folder made by ``fusion keys DIR``:
 

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from fusion.errors import ConfigError, FusionError
-from fusion.messages import (
+from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
     Calibration,
     CameraFrame,

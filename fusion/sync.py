@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fusion.errors import ConfigError
-from fusion.messages import RADAR_POINT_DTYPE, CameraFrame, Message, RadarScan
+from fusion.wire.messages import RADAR_POINT_DTYPE, CameraFrame, Message, RadarScan
 
 #: ``on_drop(topic, message, reason)``: topic is ``"camera"`` or ``"radar"``; reason is one of
 #: ``overflow`` (buffer full, oldest dropped), ``late`` (arrived too late to be matched with

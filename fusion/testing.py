@@ -13,9 +13,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from fusion import codec, services
-from fusion.messages import Calibration, Message
 from fusion.transport import SubscriberStats
+from fusion.wire import codec, services
+from fusion.wire.messages import Calibration, Message
 
 
 class FakeSubscriber:

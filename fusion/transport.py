@@ -1,8 +1,8 @@
 """Publish and subscribe over ZeroMQ: sockets, delivery modes and their counters.
 
 One `Publisher` per topic binds the topic's endpoint (``ipc://`` on one host, ``tcp://`` across
-hosts; see `fusion.services`); any number of `Subscriber`s connect to it. Frames are sent without
-a copy and decoded into numpy views of the received frames without a copy.
+hosts; see `fusion.wire.services`); any number of `Subscriber`s connect to it. Frames are sent
+without a copy and decoded into numpy views of the received frames without a copy.
 
 Transport behaviour that surprises people, stated up front:
 
@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from fusion import codec, services
 from fusion.errors import ConfigError, DecodeError
-from fusion.messages import Message
 from fusion.security import CurveConfig, HandshakeWatch, secure_socket
+from fusion.wire import codec, services
+from fusion.wire.messages import Message
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from fusion.geometry import CameraModel, box_corners
-from fusion.messages import CLASS_NAMES
+from fusion.wire.messages import CLASS_NAMES
 
 CLASS_COLORS = {0: (60, 200, 60), 1: (0, 160, 255), 2: (230, 80, 230), 3: (255, 200, 0)}
 GT_COLOR = (255, 255, 255)

@@ -25,9 +25,9 @@ import numpy as np
 
 from fusion import node, sources
 from fusion.errors import ConfigError, FusionError
-from fusion.messages import Calibration, CameraFrame, Message, restamp
-from fusion.services import endpoint
 from fusion.transport import Publisher
+from fusion.wire.messages import Calibration, CameraFrame, Message, restamp
+from fusion.wire.services import endpoint
 
 log = logging.getLogger("camera")
 CALIBRATION_PERIOD_NS = 1_000_000_000

@@ -23,9 +23,10 @@ import argparse
 import logging
 import sys
 
-from fusion import node, services
+from fusion import node
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.transport import Publisher, Subscriber
+from fusion.wire import services
 
 log = logging.getLogger("fusion_node")
 #: Inputs in the order they are fed to the pipeline within one poll: context first, camera last,

@@ -20,9 +20,9 @@ import sys
 
 from fusion import node, sources
 from fusion.errors import ConfigError
-from fusion.messages import restamp
-from fusion.services import endpoint
 from fusion.transport import Publisher
+from fusion.wire.messages import restamp
+from fusion.wire.services import endpoint
 
 log = logging.getLogger("radar")
 TOPICS = {"radar", "ego_motion"}

@@ -19,11 +19,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fusion import node, services, viz
+from fusion import node, viz
 from fusion.geometry import CameraModel
-from fusion.messages import CameraFrame, Detections
 from fusion.pipeline import decode_jpeg
 from fusion.transport import Subscriber
+from fusion.wire import services
+from fusion.wire.messages import CameraFrame, Detections
 
 log = logging.getLogger("viewer")
 CAMERA_BUFFER = 64  # frames kept to match late detections

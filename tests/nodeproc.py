@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.messages import RADAR_POINT_DTYPE, Calibration, CameraFrame, EgoMotion, RadarScan
+from fusion.wire.messages import RADAR_POINT_DTYPE, Calibration, CameraFrame, EgoMotion, RadarScan
 
 REPO = Path(__file__).resolve().parents[1]
 #: Camera image size of the test inputs (16:9 like the simulator's camera).

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.messages import DETECTION_DTYPE, CameraFrame, Detections
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.recording import RecordingReader
+from fusion.wire.messages import DETECTION_DTYPE, CameraFrame, Detections
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(__file__).parent / "reference"

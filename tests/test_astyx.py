@@ -17,8 +17,8 @@ from fusion.cli import main as fusion_main
 from fusion.datasets import astyx
 from fusion.errors import ConfigError
 from fusion.geometry import CameraModel, box_corners
-from fusion.messages import CLASS_NAMES
 from fusion.recording import RecordingReader
+from fusion.wire.messages import CLASS_NAMES
 
 REAL_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "astyx_hires2019"
 _needs_data = pytest.mark.skipif(

@@ -15,7 +15,13 @@ from fusion.baselines import (
     radar_cluster_baseline,
 )
 from fusion.geometry import CameraModel
-from fusion.messages import CLASS_NAMES, DETECTION_DTYPE, GT_BOX_DTYPE, Calibration, empty_points
+from fusion.wire.messages import (
+    CLASS_NAMES,
+    DETECTION_DTYPE,
+    GT_BOX_DTYPE,
+    Calibration,
+    empty_points,
+)
 
 REAL_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "astyx_hires2019"
 

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fusion import codec
 from fusion.errors import DecodeError, EncodeError
-from fusion.messages import (
+from fusion.wire import codec
+from fusion.wire.messages import (
     DETECTION_DTYPE,
     GT_BOX_DTYPE,
     MESSAGE_TYPES,

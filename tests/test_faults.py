@@ -17,8 +17,8 @@ from fusion.faults import (
     parse_time_ns,
     sleep_until_monotonic,
 )
-from fusion.messages import CameraFrame, Detections, Message, RadarScan, empty_points
 from fusion.transport import Publisher, Subscriber
+from fusion.wire.messages import CameraFrame, Detections, Message, RadarScan, empty_points
 from tests import nodeproc as npc
 
 MS = 1_000_000

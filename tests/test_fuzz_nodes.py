@@ -17,11 +17,11 @@ import msgpack
 import numpy as np
 import pytest
 
-from fusion import codec, services
 from fusion.errors import DecodeError
-from fusion.messages import CameraFrame
 from fusion.recording import RecordingReader
 from fusion.transport import Publisher, Subscriber
+from fusion.wire import codec, services
+from fusion.wire.messages import CameraFrame
 from tests import nodeproc as npc
 
 MALFORMED = 100_000

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fusion.errors import ConfigError
-from fusion.messages import CLASS_NAMES, DETECTION_DTYPE, GT_BOX_DTYPE
 from fusion.metrics import evaluate_detections
+from fusion.wire.messages import CLASS_NAMES, DETECTION_DTYPE, GT_BOX_DTYPE
 
 CAR = CLASS_NAMES.index("car")
 TRUCK = CLASS_NAMES.index("truck")

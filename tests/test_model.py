@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from fusion.errors import ConfigError, ModelError
-from fusion.messages import CLASS_NAMES, DETECTION_DTYPE, GT_BOX_DTYPE
 from fusion.model import (
     Detector,
     FusionNet,
@@ -32,6 +31,7 @@ from fusion.model.decode import decode, find_peaks
 from fusion.model.losses import focal_loss, total_loss
 from fusion.model.network import POINT_FEATURES, present_flags
 from fusion.model.synthetic import tiny_config
+from fusion.wire.messages import CLASS_NAMES, DETECTION_DTYPE, GT_BOX_DTYPE
 
 
 def batch_of(cfg: ModelConfig, n: int = 2, seed: int = 0) -> tuple[list[dict], dict]:
@@ -292,8 +292,8 @@ def test_cuda_fp16_matches_cpu_fp32(tmp_path):
 
 
 def test_radar_refinement_snaps_the_range_to_the_covered_points():
-    from fusion.messages import RADAR_POINT_DTYPE
     from fusion.model.decode import refine_with_radar
+    from fusion.wire.messages import RADAR_POINT_DTYPE
 
     cfg = ModelConfig(radar_refine_offset_m=(0.0, 1.0), radar_refine_gate_m=2.5)
     det = np.zeros(2, DETECTION_DTYPE)

@@ -8,9 +8,9 @@ import signal
 import numpy as np
 import pytest
 
-from fusion.messages import CameraFrame, RadarScan, empty_points
 from fusion.node import InputMonitor, Inputs, LatencyStats, ShutdownFlag, StatsLine
 from fusion.testing import FakePublisher, FakeSubscriber
+from fusion.wire.messages import CameraFrame, RadarScan, empty_points
 
 
 def scan(seq: int) -> RadarScan:

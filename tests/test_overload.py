@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from fusion.launch import Launcher, parse_graph
-from fusion.messages import Detections
 from fusion.recording import RecordingReader
 from fusion.transport import Publisher, Subscriber
+from fusion.wire.messages import Detections
 from tests import nodeproc as npc
 
 MS = 1_000_000

@@ -8,7 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from fusion.messages import (
+from fusion.pipeline import FusionPipeline, PipelineConfig, decode_jpeg
+from fusion.testing import forward_camera_calibration
+from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
     Calibration,
     CameraFrame,
@@ -16,8 +18,6 @@ from fusion.messages import (
     RadarScan,
     empty_detections,
 )
-from fusion.pipeline import FusionPipeline, PipelineConfig, decode_jpeg
-from fusion.testing import forward_camera_calibration
 
 MS = 1_000_000
 W, H = 320, 180

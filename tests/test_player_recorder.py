@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusion import codec
 from fusion.cli import main as fusion_main
 from fusion.errors import ConfigError
-from fusion.messages import DETECTION_DTYPE, Detections, Message
 from fusion.player import Player
 from fusion.recorder import Recorder
 from fusion.recording import RecordingReader, RecordingWriter
 from fusion.testing import FakePublisher, FakeSubscriber
 from fusion.transport import Publisher, Subscriber
+from fusion.wire import codec
+from fusion.wire.messages import DETECTION_DTYPE, Detections, Message
 from tests.test_recording import MS, camera, drive, radar, write_drive
 
 REPO = Path(__file__).resolve().parents[1]

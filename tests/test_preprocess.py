@@ -16,7 +16,7 @@ from numba.core.caching import NullCache
 from fusion import _kernels
 from fusion import preprocess as pp
 from fusion.geometry import CameraModel, invert_transform
-from fusion.messages import RADAR_POINT_DTYPE, Calibration
+from fusion.wire.messages import RADAR_POINT_DTYPE, Calibration
 
 # Reference frame (x forward, y left, z up) -> OpenCV camera (x right, y down, z forward).
 REF_TO_CAM = np.array(
@@ -286,8 +286,8 @@ def test_rasters_match_reference_on_astyx(astyx_root: Path, frame: int) -> None:
 
 def test_warm_up_covers_read_only_points_from_the_wire() -> None:
     """Arrays decoded from a message are read-only, and numba compiles those separately."""
-    from fusion import codec
-    from fusion.messages import RadarScan
+    from fusion.wire import codec
+    from fusion.wire.messages import RadarScan
 
     pp.warm_up()
     points = np.zeros(50, RADAR_POINT_DTYPE)

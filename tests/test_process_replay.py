@@ -32,7 +32,7 @@ def test_outputs_match_the_reference(config) -> None:
 
 def test_compare_catches_a_moved_box() -> None:
     config = CONFIGS[0]
-    from fusion.messages import Detections, empty_detections
+    from fusion.wire.messages import Detections, empty_detections
 
     objects = empty_detections(2)
     objects["x"] = [10.0, 20.0]

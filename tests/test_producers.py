@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from fusion.errors import ConfigError
-from fusion.messages import RADAR_POINT_DTYPE
 from fusion.sources import Pacer, UdpRadarDriver, parse_source
 from fusion.transport import Subscriber
+from fusion.wire.messages import RADAR_POINT_DTYPE
 
 
 def collect(sub: Subscriber, n: int, timeout_s: float = 30) -> list:

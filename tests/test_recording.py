@@ -10,18 +10,8 @@ import numpy as np
 import pytest
 from mcap.reader import make_reader
 
-from fusion import codec
 from fusion.cli import main as fusion_main
 from fusion.errors import CorruptRecordingError, FusionError, RecordingError
-from fusion.messages import (
-    DETECTION_DTYPE,
-    RADAR_POINT_DTYPE,
-    Calibration,
-    CameraFrame,
-    Detections,
-    EgoMotion,
-    RadarScan,
-)
 from fusion.recording import (
     MESSAGE_ENCODING,
     SCHEMA_ENCODING,
@@ -30,6 +20,16 @@ from fusion.recording import (
     frame_message,
     recover,
     unframe_message,
+)
+from fusion.wire import codec
+from fusion.wire.messages import (
+    DETECTION_DTYPE,
+    RADAR_POINT_DTYPE,
+    Calibration,
+    CameraFrame,
+    Detections,
+    EgoMotion,
+    RadarScan,
 )
 
 MS = 1_000_000

@@ -20,11 +20,12 @@ import pytest
 import zmq
 import zmq.auth
 
-from fusion import cli, codec, security, transport
+from fusion import cli, security, transport
 from fusion.errors import ConfigError
-from fusion.messages import EgoMotion, RadarScan, empty_points
 from fusion.security import CurveConfig
 from fusion.transport import Publisher, Subscriber
+from fusion.wire import codec
+from fusion.wire.messages import EgoMotion, RadarScan, empty_points
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,7 +209,7 @@ def test_binding_all_interfaces_needs_explicit_opt_in(
 
 
 def test_default_endpoints_are_ipc_in_a_private_folder() -> None:
-    from fusion import services
+    from fusion.wire import services
 
     for topic in services.SERVICES:
         assert services.endpoint(topic).startswith("ipc://")
@@ -269,7 +270,7 @@ def test_codec_refuses_shape_that_would_allocate_huge(length: int, match: str) -
 PEER = textwrap.dedent(
     """
     import sys, time
-    from fusion.messages import EgoMotion
+    from fusion.wire.messages import EgoMotion
     from fusion.security import CurveConfig
     from fusion.transport import Publisher, Subscriber
     role, url, keys = sys.argv[1], sys.argv[2], CurveConfig(sys.argv[3])

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fusion import codec, services
 from fusion.errors import ConfigError
-from fusion.messages import MESSAGE_TYPES
+from fusion.wire import codec, services
+from fusion.wire.messages import MESSAGE_TYPES
 
 
 @pytest.mark.parametrize("topic", sorted(services.SERVICES))

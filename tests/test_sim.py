@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from fusion import codec
 from fusion.cli import main as fusion_main
 from fusion.errors import ConfigError
 from fusion.geometry import CameraModel, box_corners
-from fusion.messages import CLASS_NAMES, RADAR_POINT_DTYPE
 from fusion.sim import SCENARIOS, simulate
+from fusion.wire import codec
+from fusion.wire.messages import CLASS_NAMES, RADAR_POINT_DTYPE
 
 W, H = 640, 360
 CAR, TRUCK = CLASS_NAMES.index("car"), CLASS_NAMES.index("truck")

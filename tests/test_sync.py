@@ -8,7 +8,6 @@ import pytest
 
 from fusion.errors import ConfigError
 from fusion.geometry import rotation_z
-from fusion.messages import RADAR_POINT_DTYPE, CameraFrame, RadarScan, empty_points
 from fusion.preprocess import project_points_reference
 from fusion.sync import (
     VELOCITY_MODELS,
@@ -17,6 +16,7 @@ from fusion.sync import (
     motion_compensate,
     synced_points,
 )
+from fusion.wire.messages import RADAR_POINT_DTYPE, CameraFrame, RadarScan, empty_points
 
 MS = 1_000_000
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.messages import Calibration, CameraFrame, GroundTruth, RadarScan
 from fusion.model import FusionNet, load_checkpoint, synthetic
 from fusion.model.data import collate, encode_sample, samples_from_messages
 from fusion.model.losses import total_loss
 from fusion.model.network import present_flags
 from fusion.model.synthetic import tiny_config
 from fusion.train import EarlyStopping, modality_flags, train
+from fusion.wire.messages import Calibration, CameraFrame, GroundTruth, RadarScan
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "astyx_hires2019"
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from fusion.errors import ConfigError
-from fusion.messages import CameraFrame, Detections, RadarScan, empty_detections, empty_points
 from fusion.transport import Publisher, Subscriber
+from fusion.wire.messages import CameraFrame, Detections, RadarScan, empty_detections, empty_points
 
 
 def scan(seq: int, n: int = 8, sensor: str = "radar") -> RadarScan:
@@ -134,7 +134,7 @@ def test_bad_endpoint_is_a_config_error() -> None:
 PUBLISHER_PROCESS = textwrap.dedent(
     """
     import sys, time
-    from fusion.messages import RadarScan, empty_points
+    from fusion.wire.messages import RadarScan, empty_points
     from fusion.transport import Publisher
     pub = Publisher("radar", sys.argv[1])
     assert pub.wait_for_subscribers(1, timeout_s=20), "no subscriber"

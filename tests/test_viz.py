@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from fusion import viz
-from fusion.messages import (
+from fusion.testing import forward_camera_calibration
+from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
     Calibration,
     CameraFrame,
     Detections,
     empty_detections,
 )
-from fusion.testing import forward_camera_calibration
 from nodes.viewer import Viewer
 
 W, H = 320, 180

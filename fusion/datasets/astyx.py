@@ -34,7 +34,7 @@ import numpy as np
 
 from fusion.errors import CalibrationError, ConfigError
 from fusion.geometry import check_transform, quaternion_to_rotation
-from fusion.messages import (
+from fusion.wire.messages import (
     CLASS_NAMES,
     GT_BOX_DTYPE,
     RADAR_POINT_DTYPE,

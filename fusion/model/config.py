@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from fusion.errors import ConfigError
-from fusion.messages import CLASS_NAMES
+from fusion.wire.messages import CLASS_NAMES
 
 
 @dataclass
@@ -22,7 +22,7 @@ class ModelConfig:
     input_w: int = 448  # image width fed to the network (px); the camera image is resized to it
     input_h: int = 256  # image height (px)
     stride: int = 8  # output stride of the feature map the head runs on
-    class_names: tuple[str, ...] = CLASS_NAMES  # class id -> name, as in fusion.messages
+    class_names: tuple[str, ...] = CLASS_NAMES  # class id -> name, as in fusion.wire.messages
 
     # --- image branch (MobileNetV3-like backbone + feature pyramid to stride 8) ---
     # (out_channels, expansion, kernel, stride, blocks) per stage after a stride-2 stem

@@ -25,7 +25,9 @@ import torch
 
 from fusion.errors import ConfigError
 from fusion.geometry import CameraModel, box_corners, transform_points
-from fusion.messages import (
+from fusion.model.config import ModelConfig
+from fusion.model.network import POINT_FEATURES
+from fusion.wire.messages import (
     CLASS_NAMES,
     GT_BOX_DTYPE,
     Calibration,
@@ -33,8 +35,6 @@ from fusion.messages import (
     GroundTruth,
     RadarScan,
 )
-from fusion.model.config import ModelConfig
-from fusion.model.network import POINT_FEATURES
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812  (the PyTorch convention)
 
 from fusion.geometry import CameraModel
-from fusion.messages import CLASS_NAMES, DETECTION_DTYPE
 from fusion.model.config import ModelConfig
 from fusion.model.data import decode_yaw, wrap_angle
+from fusion.wire.messages import CLASS_NAMES, DETECTION_DTYPE
 
 
 def find_peaks(heatmap_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, ...]:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from fusion.geometry import CameraModel, box_corners
-from fusion.messages import CLASS_NAMES, GT_BOX_DTYPE, RADAR_POINT_DTYPE
 from fusion.model.config import ModelConfig
 from fusion.model.data import Sample
+from fusion.wire.messages import CLASS_NAMES, GT_BOX_DTYPE, RADAR_POINT_DTYPE
 
 #: Reference (radar: x forward, y left, z up) -> camera (x right, y down, z forward), with the
 #: camera 0.5 m above the radar.

@@ -18,7 +18,6 @@ import cv2
 import numpy as np
 
 from fusion.geometry import CameraModel, make_transform, rotation_z
-from fusion.messages import Calibration
 from fusion.sim.scenarios import ScenarioConfig
 from fusion.sim.world import (
     HEAD_LIGHT,
@@ -29,6 +28,7 @@ from fusion.sim.world import (
     State,
     World,
 )
+from fusion.wire.messages import Calibration
 
 #: Camera position in the radar frame (metres): behind and above the bumper radar.
 CAMERA_POSITION_M = (-1.3, 0.05, 0.85)

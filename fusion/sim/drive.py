@@ -16,7 +16,11 @@ import numpy as np
 
 from fusion.errors import ConfigError
 from fusion.geometry import CameraModel
-from fusion.messages import (
+from fusion.sim.camera import Renderer, camera_calibrations, world_to_ref
+from fusion.sim.radar import RadarModel
+from fusion.sim.scenarios import SCENARIOS
+from fusion.sim.world import RADAR_HEIGHT_M, World
+from fusion.wire.messages import (
     GT_BOX_DTYPE,
     CameraFrame,
     EgoMotion,
@@ -24,10 +28,6 @@ from fusion.messages import (
     Message,
     RadarScan,
 )
-from fusion.sim.camera import Renderer, camera_calibrations, world_to_ref
-from fusion.sim.radar import RadarModel
-from fusion.sim.scenarios import SCENARIOS
-from fusion.sim.world import RADAR_HEIGHT_M, World
 
 CLOCK = "sim"
 CALIBRATION_PERIOD_NS = 1_000_000_000

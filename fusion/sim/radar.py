@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.messages import RADAR_POINT_DTYPE
 from fusion.sim.world import CYCLIST, PEDESTRIAN, RADAR_HEIGHT_M, TRUCK, EgoState, State, World
+from fusion.wire.messages import RADAR_POINT_DTYPE
 
 
 @dataclass(frozen=True)

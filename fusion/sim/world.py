@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fusion.messages import CLASS_NAMES
 from fusion.sim.scenarios import ScenarioConfig
+from fusion.wire.messages import CLASS_NAMES
 
 #: Radar mounting height above the ground (the reference frame's origin), metres.
 RADAR_HEIGHT_M = 0.5

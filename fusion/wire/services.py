@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 
 from fusion.errors import ConfigError
-from fusion.messages import (
+from fusion.wire.messages import (
     Calibration,
     CameraFrame,
     Detections,

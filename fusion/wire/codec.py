@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 
 from fusion.errors import DecodeError, EncodeError
-from fusion.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
+from fusion.wire.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
 
 #: Largest header a peer may send; real headers are a few hundred bytes.
 MAX_HEADER_BYTES = 64 * 1024

@@ -2,7 +2,7 @@
 
 Every message is a dataclass with a common stamped header (`seq`, `capture_ns`, `sensor_id`,
 `clock`, `trace`) plus its own fields. Scalar fields travel in the msgpack header; `numpy` fields
-travel as raw buffers (see `fusion.codec` and `docs/wire-format.md`). Each array field has one
+travel as raw buffers (see `fusion.wire.codec` and `docs/wire-format.md`). Each array field has one
 fixed dtype, listed in `ARRAY_FIELDS`, so a decoder can reject anything else.
 
 Time is always an integer number of nanoseconds with the unit in the name. `clock` says which
