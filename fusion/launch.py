@@ -41,8 +41,9 @@ from typing import Any
 
 import yaml
 
+from fusion.core.latency import LatencyStats
 from fusion.errors import ConfigError
-from fusion.node import LatencyStats, ShutdownFlag
+from fusion.node import ShutdownFlag
 from fusion.transport import Subscriber
 from fusion.wire import services
 from fusion.wire.messages import Detections

@@ -8,7 +8,7 @@ A node file builds its inputs and outputs and runs a loop; this module holds the
   kept as data, as openpilot's ``SubMaster`` does. An output built from an input that is not
   healthy must be marked so by the node.
 - `ShutdownFlag`: SIGINT/SIGTERM set a flag; loops check it and close their sockets cleanly.
-- `LatencyStats` and `StatsLine`: rolling p50/p99/max and a periodic one-line summary.
+- `StatsLine`: a periodic one-line summary (latency comes from `fusion.core.latency`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
 import zmq
 
 from fusion.security import CurveKeysAction
@@ -177,28 +176,6 @@ class Inputs:
             sub.close()
 
 
-class LatencyStats:
-    """Rolling latency samples (ms) with percentiles."""
-
-    def __init__(self, window: int = 2000) -> None:
-        self._samples: deque[float] = deque(maxlen=window)
-        self.count = 0
-
-    def add(self, latency_ms: float) -> None:
-        self._samples.append(latency_ms)
-        self.count += 1
-
-    def percentiles(self) -> dict[str, float]:
-        if not self._samples:
-            return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
-        a = np.fromiter(self._samples, dtype=np.float64)
-        return {
-            "p50": float(np.percentile(a, 50)),
-            "p99": float(np.percentile(a, 99)),
-            "max": float(a.max()),
-        }
-
-
 class ShutdownFlag:
     """Set by SIGINT or SIGTERM (installed on construction in the main thread)."""
 
@@ -237,11 +214,6 @@ class StatsLine:
         if self.period_ns > 0 and now_ns >= self._next_ns:
             self._next_ns = now_ns + self.period_ns
             log.info("[%s] %s", self.name, self.summary())
-
-
-def format_latency(stats: LatencyStats) -> str:
-    p = stats.percentiles()
-    return f"p50 {p['p50']:.1f} ms p99 {p['p99']:.1f} ms max {p['max']:.1f} ms (n={stats.count})"
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from fusion.core.latency import LatencyStats
+from fusion.core.ratelog import RateLimitedLog
 from fusion.errors import CalibrationError, FusionError
 from fusion.geometry import CameraModel
-from fusion.node import LatencyStats
 from fusion.sync import ApproximateTimeSync, SyncedFrame, synced_points
-from fusion.transport import RateLimitedLog
 from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
     Calibration,

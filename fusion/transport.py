@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from fusion.core.ratelog import RateLimitedLog
 from fusion.errors import ConfigError, DecodeError
 from fusion.security import CurveConfig, HandshakeWatch, secure_socket
 from fusion.wire import codec, services
@@ -58,26 +59,6 @@ LATE_SEQ_WINDOW = 256
 #: Largest frame a subscriber accepts (ZMQ_MAXMSGSIZE applies per frame; a larger one drops the
 #: connection before anything is allocated for it).
 MAX_MESSAGE_BYTES = 4 * codec.MAX_BUFFER_BYTES
-
-
-class RateLimitedLog:
-    """Log a recurring problem at most once per `period_s`, with how often it happened."""
-
-    def __init__(self, logger: logging.Logger, period_s: float = 5.0) -> None:
-        self._logger = logger
-        self._period_ns = int(period_s * 1e9)
-        self._last_ns: dict[str, int] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, key: str, message: str) -> None:
-        now = time.monotonic_ns()
-        if now - self._last_ns.get(key, -self._period_ns) >= self._period_ns:
-            extra = self._suppressed.pop(key, 0)
-            suffix = f" (+{extra} more since last report)" if extra else ""
-            self._logger.warning("%s%s", message, suffix)
-            self._last_ns[key] = now
-        else:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
 
 
 def _check_endpoint(url: str, bind: bool) -> None:

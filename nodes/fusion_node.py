@@ -24,6 +24,7 @@ import logging
 import sys
 
 from fusion import node
+from fusion.core.latency import format_latency
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.transport import Publisher, Subscriber
 from fusion.wire import services
@@ -64,7 +65,7 @@ def summary(pipeline: FusionPipeline, inputs: node.Inputs) -> str:
     }
     skipped = inputs.counters()["camera"]["skipped"]
     return (
-        f"latency {node.format_latency(pipeline.latency_ms)}; {modes or 'no output yet'}; "
+        f"latency {format_latency(pipeline.latency_ms)}; {modes or 'no output yet'}; "
         f"camera skipped {skipped}; {drops or 'no drops'}"
     )
 

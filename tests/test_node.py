@@ -8,7 +8,8 @@ import signal
 import numpy as np
 import pytest
 
-from fusion.node import InputMonitor, Inputs, LatencyStats, ShutdownFlag, StatsLine
+from fusion.core.latency import LatencyStats
+from fusion.node import InputMonitor, Inputs, ShutdownFlag, StatsLine
 from fusion.testing import FakePublisher, FakeSubscriber
 from fusion.wire.messages import CameraFrame, RadarScan, empty_points
 
