@@ -1,11 +1,11 @@
 """The echo rig shared by the transport benchmarks: one sender, N echo processes, an ack channel.
 
-The sender publishes a payload with the implementation under test (``ours``: `fusion.transport`
-+ `fusion.wire.codec`; ``raw pyzmq``: the same bytes as a zero-copy multipart; ``pickle`` over zmq;
-``zenoh``: Eclipse Zenoh's Python pub/sub, peer mode on loopback with explicit listen/connect
-endpoints and multicast scouting off). Each echo process receives it, turns it into a usable
-array (zero-copy where the implementation allows), notes its one-way latency from the sender's
-monotonic stamp (one host, one clock) and answers with a one-byte ack on a
+The sender publishes a payload with the implementation under test (``ours``:
+`fusion.runtime.transport` + `fusion.wire.codec`; ``raw pyzmq``: the same bytes as a zero-copy
+multipart; ``pickle`` over zmq; ``zenoh``: Eclipse Zenoh's Python pub/sub, peer mode on loopback
+with explicit listen/connect endpoints and multicast scouting off). Each echo process receives it,
+turns it into a usable array (zero-copy where the implementation allows), notes its one-way latency
+from the sender's monotonic stamp (one host, one clock) and answers with a one-byte ack on a
 separate zmq PUSH/PULL channel, the same for every implementation, so round trips differ only in
 the forward path. At the end each echo sends back its one-way latencies.
 
@@ -74,7 +74,7 @@ class Sender:
         self.array = payload_array(msg)
         self.socket = self.session = None
         if impl == "ours":
-            from fusion.transport import Publisher
+            from fusion.runtime.transport import Publisher
 
             self.pub = Publisher(topic, url, sndhwm=1000)
             self.socket = self.pub.socket

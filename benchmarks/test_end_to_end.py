@@ -1,7 +1,7 @@
 """End to end: each shipped drive replayed through the real process graph over ZeroMQ.
 
 The graph is the demo's (`fusion.demo.build_graph`) without the viewer: player -> fusion node ->
-recorder, each its own process on ipc, started by `fusion.launch.Launcher`. The runs:
+recorder, each its own process on ipc, started by `fusion.runtime.launch.Launcher`. The runs:
 
 - **real time** (20 Hz camera as recorded): capture -> detections latency p50/p95/p99/max per
   stage, from the trace every `Detections` carries (`fusion.report`); drops = camera frames the
@@ -52,9 +52,9 @@ import numpy as np
 import pytest
 
 from fusion.demo import PLAYED_TOPICS, build_graph
-from fusion.launch import Launcher
 from fusion.recording import RecordingReader
 from fusion.report import LatencyReport
+from fusion.runtime.launch import Launcher
 
 psutil = pytest.importorskip("psutil", reason="install psutil (the dev extra has it)")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusion import security
-from fusion.security import CurveConfig
-from fusion.transport import Publisher, Subscriber
+from fusion.runtime import security
+from fusion.runtime.security import CurveConfig
+from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire.messages import CameraFrame, RadarScan, empty_points
 
 PAYLOADS = {

@@ -26,8 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("fusion.train", "train the fusion model"),
     "eval": ("fusion.evaluate", "evaluate a model on a recording"),
-    "launch": ("fusion.launch", "start a node graph from YAML"),
-    "keys": ("fusion.security", "make CurveZMQ key pairs"),
+    "launch": ("fusion.runtime.launch", "start a node graph from YAML"),
+    "keys": ("fusion.runtime.security", "make CurveZMQ key pairs"),
 }
 
 

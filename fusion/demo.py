@@ -3,7 +3,7 @@
     make demo                                   # = python -m fusion.demo
     python -m fusion.demo --recording recordings/highway.mcap --rate 0.5 --out out/hw
 
-Graph (each its own process, over ipc on this host, started by `fusion.launch`):
+Graph (each its own process, over ipc on this host, started by `fusion.runtime.launch`):
 
     player --camera, radar, calibration, ego_motion--> fusion node --detections--> recorder
                                    \\--> viewer <--------------------------/
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from fusion.errors import FusionError
-from fusion.launch import GraphSpec, NodeSpec, run_graph
 from fusion.report import report_from_recording
+from fusion.runtime.launch import GraphSpec, NodeSpec, run_graph
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECORDING = REPO / "recordings" / "city.mcap"

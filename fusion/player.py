@@ -1,8 +1,8 @@
 """The player: publishes a recording's messages again, on time, faster, or in lock-step.
 
 `Player` reads a `RecordingReader` and sends each message through a publisher per topic (a
-`fusion.transport.Publisher`, or a `fusion.testing.FakePublisher` in tests). Timing follows the
-MCAP log times (when the recorder received each message):
+`fusion.runtime.transport.Publisher`, or a `fusion.runtime.testing.FakePublisher` in tests). Timing
+follows the MCAP log times (when the recorder received each message):
 
 - **real time** (default): message *i* is due at ``start + (log_i - log_0) / rate``;
   ``rate`` goes from 0.1 to 10. A message found late is sent at once (never skipped) and the

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import zmq
 
 from fusion.recording import RecordingWriter
-from fusion.transport import Subscriber
+from fusion.runtime.transport import Subscriber
 
 #: Receive queue per topic, in messages: 50 s of a 20 Hz camera (the memory is spent only when
 #: the writer falls behind).

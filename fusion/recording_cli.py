@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fusion import node
 from fusion.errors import ConfigError
 from fusion.faults import parse_specs, sleep_until_monotonic
 from fusion.player import DEFAULT_LOCKSTEP_TIMEOUT_S, MAX_RATE, MIN_RATE, Player, PlayStats
@@ -28,7 +27,8 @@ from fusion.recording import (
     RecordingWriter,
     recover,
 )
-from fusion.transport import Publisher, Subscriber
+from fusion.runtime import node
+from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import services
 
 log = logging.getLogger(__name__)

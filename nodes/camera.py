@@ -23,9 +23,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fusion import node, sources
+from fusion import sources
 from fusion.errors import ConfigError, FusionError
-from fusion.transport import Publisher
+from fusion.runtime import node
+from fusion.runtime.transport import Publisher
 from fusion.wire.messages import Calibration, CameraFrame, Message, restamp
 from fusion.wire.services import endpoint
 

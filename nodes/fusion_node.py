@@ -23,10 +23,10 @@ import argparse
 import logging
 import sys
 
-from fusion import node
 from fusion.core.latency import format_latency
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.transport import Publisher, Subscriber
+from fusion.runtime import node
+from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import services
 
 log = logging.getLogger("fusion_node")

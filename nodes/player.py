@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusion import node
 from fusion.errors import FusionError
 from fusion.recording_cli import add_play_arguments, run_play
+from fusion.runtime import node
 
 
 def main(argv: list[str] | None = None) -> int:

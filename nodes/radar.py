@@ -18,9 +18,10 @@ import argparse
 import logging
 import sys
 
-from fusion import node, sources
+from fusion import sources
 from fusion.errors import ConfigError
-from fusion.transport import Publisher
+from fusion.runtime import node
+from fusion.runtime.transport import Publisher
 from fusion.wire.messages import restamp
 from fusion.wire.services import endpoint
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusion import node
 from fusion.errors import FusionError
 from fusion.recording_cli import add_record_arguments, run_record
+from fusion.runtime import node
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,10 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fusion import node, viz
+from fusion import viz
 from fusion.geometry import CameraModel
 from fusion.pipeline import decode_jpeg
-from fusion.transport import Subscriber
+from fusion.runtime import node
+from fusion.runtime.transport import Subscriber
 from fusion.wire import services
 from fusion.wire.messages import CameraFrame, Detections
 

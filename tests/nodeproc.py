@@ -129,7 +129,8 @@ def stop(proc: subprocess.Popen, log_path: Path, timeout_s: float = 20.0) -> str
 
 
 def input_counters(log_text: str) -> dict[str, dict[str, int]]:
-    """The per-input counters a node logs when it closes its inputs (`fusion.node.Inputs`)."""
+    """The per-input counters a node logs when it closes its inputs
+    (`fusion.runtime.node.Inputs`)."""
     found = re.findall(r"input counters at close: (\{.*\})", log_text)
     assert found, f"no input counters in the node's log:\n{log_text[-3000:]}"
     return json.loads(found[-1])

@@ -104,7 +104,7 @@ def test_profile_summary_counts_the_loop_only(tmp_path: Path) -> None:
     profile.write_text(
         f"main (nodes/fusion_node.py:95);build_detector (nodes/fusion_node.py:39) 500\n"
         f"{loop} 30\n"
-        f"main (nodes/fusion_node.py:95);Inputs.poll (fusion/node.py:5) 10\n"
+        f"main (nodes/fusion_node.py:95);Inputs.poll (fusion/runtime/node.py:5) 10\n"
     )
     lines, top = report.profile_summary(profile)
     assert top == ("Detector.infer (fusion/model/detector.py:5)", 75.0)

@@ -17,7 +17,7 @@ from fusion.faults import (
     parse_time_ns,
     sleep_until_monotonic,
 )
-from fusion.transport import Publisher, Subscriber
+from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire.messages import CameraFrame, Detections, Message, RadarScan, empty_points
 from tests import nodeproc as npc
 
@@ -343,7 +343,7 @@ def write_recording(path: Path, seconds: float = 2.0) -> list[tuple[str, Message
 def test_player_applies_injected_faults(tmp_path: Path) -> None:
     from fusion.player import Player
     from fusion.recording import RecordingReader
-    from fusion.testing import FakePublisher
+    from fusion.runtime.testing import FakePublisher
 
     items = write_recording(tmp_path / "d.mcap")
     pubs = {t: FakePublisher(t) for t in ("camera", "radar")}

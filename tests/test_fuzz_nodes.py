@@ -19,7 +19,7 @@ import pytest
 
 from fusion.errors import DecodeError
 from fusion.recording import RecordingReader
-from fusion.transport import Publisher, Subscriber
+from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import codec, services
 from fusion.wire.messages import CameraFrame
 from tests import nodeproc as npc

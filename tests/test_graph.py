@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from fusion.launch import GraphSpec, Launcher, NodeSpec
 from fusion.recording import RecordingReader
+from fusion.runtime.launch import GraphSpec, Launcher, NodeSpec
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fusion.core.latency import LatencyStats
-from fusion.node import InputMonitor, Inputs, ShutdownFlag, StatsLine
-from fusion.testing import FakePublisher, FakeSubscriber
+from fusion.runtime.node import InputMonitor, Inputs, ShutdownFlag, StatsLine
+from fusion.runtime.testing import FakePublisher, FakeSubscriber
 from fusion.wire.messages import CameraFrame, RadarScan, empty_points
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusion.launch import Launcher, parse_graph
 from fusion.recording import RecordingReader
-from fusion.transport import Publisher, Subscriber
+from fusion.runtime.launch import Launcher, parse_graph
+from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire.messages import Detections
 from tests import nodeproc as npc
 
@@ -244,7 +244,7 @@ def test_sigkill_of_the_fusion_node_is_restarted_and_reported(
 
     launcher.start()
     thread = threading.Thread(target=supervise, daemon=True)
-    with caplog.at_level(logging.WARNING, logger="fusion.launch"):
+    with caplog.at_level(logging.WARNING, logger="fusion.runtime.launch"):
         thread.start()
         try:
             drive.wait_for(tmp_path / "logs" / f"{GRAPH_FUSION}.log")

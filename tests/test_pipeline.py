@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fusion.pipeline import FusionPipeline, PipelineConfig, decode_jpeg
-from fusion.testing import forward_camera_calibration
+from fusion.runtime.testing import forward_camera_calibration
 from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
     Calibration,

@@ -18,8 +18,8 @@ from fusion.errors import ConfigError
 from fusion.player import Player
 from fusion.recorder import Recorder
 from fusion.recording import RecordingReader, RecordingWriter
-from fusion.testing import FakePublisher, FakeSubscriber
-from fusion.transport import Publisher, Subscriber
+from fusion.runtime.testing import FakePublisher, FakeSubscriber
+from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import codec
 from fusion.wire.messages import DETECTION_DTYPE, Detections, Message
 from tests.test_recording import MS, camera, drive, radar, write_drive

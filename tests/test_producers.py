@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from fusion.errors import ConfigError
+from fusion.runtime.transport import Subscriber
 from fusion.sources import Pacer, UdpRadarDriver, parse_source
-from fusion.transport import Subscriber
 from fusion.wire.messages import RADAR_POINT_DTYPE
 
 

@@ -20,10 +20,11 @@ import pytest
 import zmq
 import zmq.auth
 
-from fusion import cli, security, transport
+from fusion import cli
 from fusion.errors import ConfigError
-from fusion.security import CurveConfig
-from fusion.transport import Publisher, Subscriber
+from fusion.runtime import security, transport
+from fusion.runtime.security import CurveConfig
+from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import codec
 from fusion.wire.messages import EgoMotion, RadarScan, empty_points
 
@@ -110,7 +111,7 @@ def test_keys_from_environment_and_node_flag(
     monkeypatch.setenv(security.KEYS_DIR_ENV, "")  # restored after the flag sets it
     import argparse
 
-    from fusion import node
+    from fusion.runtime import node
 
     parser = argparse.ArgumentParser()
     node.add_common_arguments(parser)
@@ -131,7 +132,7 @@ def test_subscriber_without_keys_is_refused_and_logged(
     keys: CurveConfig, endpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with (
-        caplog.at_level(logging.WARNING, logger="fusion.security"),
+        caplog.at_level(logging.WARNING, logger="fusion.runtime.security"),
         Publisher("ego_motion", endpoint, curve=keys) as pub,
     ):
         with Subscriber("ego_motion", endpoint) as sub:
@@ -148,7 +149,7 @@ def test_unknown_client_key_is_refused_and_logged(
     shutil.copy(keys.server_public_file, intruder / "server.key")  # knows the server...
     security.write_keypair(intruder, "client")  # ...but its own key is not authorised
     with (
-        caplog.at_level(logging.WARNING, logger="fusion.security"),
+        caplog.at_level(logging.WARNING, logger="fusion.runtime.security"),
         Publisher("ego_motion", endpoint, curve=keys) as pub,
         Subscriber("ego_motion", endpoint, curve=CurveConfig(intruder)) as sub,
     ):
@@ -174,7 +175,7 @@ def test_publisher_with_wrong_server_key_is_refused_and_logged(
 ) -> None:
     rogue = make_keys(tmp_path / "rogue")
     with (
-        caplog.at_level(logging.WARNING, logger="fusion.security"),
+        caplog.at_level(logging.WARNING, logger="fusion.runtime.security"),
         Publisher("ego_motion", endpoint, curve=rogue) as pub,
         Subscriber("ego_motion", endpoint, curve=keys) as sub,
     ):
@@ -271,8 +272,8 @@ PEER = textwrap.dedent(
     """
     import sys, time
     from fusion.wire.messages import EgoMotion
-    from fusion.security import CurveConfig
-    from fusion.transport import Publisher, Subscriber
+    from fusion.runtime.security import CurveConfig
+    from fusion.runtime.transport import Publisher, Subscriber
     role, url, keys = sys.argv[1], sys.argv[2], CurveConfig(sys.argv[3])
     deadline = time.monotonic() + float(sys.argv[4])
     if role == "pub":

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fusion.errors import ConfigError
-from fusion.transport import Publisher, Subscriber
+from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire.messages import CameraFrame, Detections, RadarScan, empty_detections, empty_points
 
 
@@ -135,7 +135,7 @@ PUBLISHER_PROCESS = textwrap.dedent(
     """
     import sys, time
     from fusion.wire.messages import RadarScan, empty_points
-    from fusion.transport import Publisher
+    from fusion.runtime.transport import Publisher
     pub = Publisher("radar", sys.argv[1])
     assert pub.wait_for_subscribers(1, timeout_s=20), "no subscriber"
     for i in range(50):

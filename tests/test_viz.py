@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fusion import viz
-from fusion.testing import forward_camera_calibration
+from fusion.runtime.testing import forward_camera_calibration
 from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
     Calibration,
@@ -74,7 +74,7 @@ def test_viewer_node_writes_a_video(tmp_path) -> None:
 
     import cv2
 
-    from fusion.transport import Publisher
+    from fusion.runtime.transport import Publisher
 
     out = tmp_path / "v.mp4"
     proc = subprocess.Popen(

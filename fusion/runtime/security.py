@@ -248,7 +248,9 @@ def authorized_keys(context: zmq.Context, folder: Path) -> tuple[str, _Authorize
     domain = str(folder.resolve())
     with _auth_lock:
         if id(context) not in _authenticators:
-            auth = ThreadAuthenticator(context, log=logging.getLogger("fusion.security.zap"))
+            auth = ThreadAuthenticator(
+                context, log=logging.getLogger("fusion.runtime.security.zap")
+            )
             auth.start()
             _authenticators[id(context)] = (auth, {})
         auth, checkers = _authenticators[id(context)]

@@ -26,8 +26,8 @@ from typing import Protocol
 
 import zmq
 
-from fusion.security import CurveKeysAction
-from fusion.transport import SubscriberStats
+from fusion.runtime.security import CurveKeysAction
+from fusion.runtime.transport import SubscriberStats
 from fusion.wire import services
 from fusion.wire.messages import Message
 

@@ -21,7 +21,7 @@ Transport behaviour that surprises people, stated up front:
   (rate-limited); `recv` goes on to the next one.
 - **Nothing listens beyond this host unless told.** Binding ``tcp://`` on all interfaces is
   refused unless ``FUSION_ALLOW_PUBLIC_BIND=1``; ``tcp://`` sockets use CurveZMQ when
-  ``FUSION_CURVE_DIR`` names a key folder (`fusion.security`), and a subscriber refuses any
+  ``FUSION_CURVE_DIR`` names a key folder (`fusion.runtime.security`), and a subscriber refuses any
   frame over `MAX_MESSAGE_BYTES` before allocating it (ZMQ_MAXMSGSIZE drops the connection).
 - **Set options before connecting.** Changing the high-water mark on a connected socket can
   deadlock the sender, so every option is set before ``bind``/``connect``.
@@ -38,7 +38,7 @@ import zmq
 
 from fusion.core.ratelog import RateLimitedLog
 from fusion.errors import ConfigError, DecodeError
-from fusion.security import CurveConfig, HandshakeWatch, secure_socket
+from fusion.runtime.security import CurveConfig, HandshakeWatch, secure_socket
 from fusion.wire import codec, services
 from fusion.wire.messages import Message
 
@@ -79,8 +79,8 @@ def _open(
     socket: zmq.Socket, url: str, bind: bool, curve: CurveConfig | None, watch: bool = False
 ) -> HandshakeWatch | None:
     """Check `url`, set up CurveZMQ on ``tcp://`` when `curve` (or ``FUSION_CURVE_DIR``) says so
-    (the binding side is the Curve server; see `fusion.security`), then bind or connect. With
-    `watch`, handshakes are counted even without Curve. The socket is closed on any failure."""
+    (the binding side is the Curve server; see `fusion.runtime.security`), then bind or connect.
+    With `watch`, handshakes are counted even without Curve. The socket is closed on any failure."""
     _check_endpoint(url, bind)
     try:
         security = secure_socket(socket, url, server=bind, curve=curve or CurveConfig.from_env())

@@ -43,8 +43,8 @@ import yaml
 
 from fusion.core.latency import LatencyStats
 from fusion.errors import ConfigError
-from fusion.node import ShutdownFlag
-from fusion.transport import Subscriber
+from fusion.runtime.node import ShutdownFlag
+from fusion.runtime.transport import Subscriber
 from fusion.wire import services
 from fusion.wire.messages import Detections
 

@@ -1,6 +1,6 @@
 """Test doubles shipped with the library, so node logic is tested without sockets.
 
-`FakeSubscriber` is fed from a list and answers `recv` like a `fusion.transport.Subscriber`;
+`FakeSubscriber` is fed from a list and answers `recv` like a `fusion.runtime.transport.Subscriber`;
 `FakePublisher` keeps what was sent, after a round trip through the wire codec, so a test also
 catches a message that could not have been sent for real.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from fusion.transport import SubscriberStats
+from fusion.runtime.transport import SubscriberStats
 from fusion.wire import codec, services
 from fusion.wire.messages import Calibration, Message
 
