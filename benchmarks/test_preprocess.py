@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion import preprocess as pp
+from fusion.perception import preprocess as pp
 from fusion.wire.messages import RADAR_POINT_DTYPE
 
 MODEL_W, MODEL_H, STRIDE = 448, 256, 4

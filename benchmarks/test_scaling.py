@@ -23,8 +23,8 @@ import pytest
 
 from benchmarks._echo import EchoRig
 from benchmarks.test_preprocess import MODEL_H, MODEL_W, REF_TO_CAM, STRIDE, K, radar_points
-from fusion import preprocess as pp
-from fusion.pipeline import decode_jpeg
+from fusion.perception import preprocess as pp
+from fusion.perception.pipeline import decode_jpeg
 from fusion.wire.messages import CameraFrame
 
 POINTS = [100, 1_000, 10_000, 100_000]

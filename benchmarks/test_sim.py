@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fusion.geometry import CameraModel
+from fusion.perception.geometry import CameraModel
 from fusion.sim.camera import Renderer, camera_calibrations
 from fusion.sim.radar import RadarModel
 from fusion.sim.scenarios import SCENARIOS

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.cluster import DBSCAN
 
-from fusion.geometry import CameraModel
 from fusion.metrics import EvalResult, evaluate_detections
+from fusion.perception.geometry import CameraModel
 from fusion.wire.messages import CLASS_NAMES, DETECTION_DTYPE
 
 CAR = CLASS_NAMES.index("car")

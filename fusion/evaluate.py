@@ -25,12 +25,12 @@ import cv2
 import numpy as np
 import torch
 
-from fusion.geometry import CameraModel
 from fusion.metrics import EvalResult, evaluate_detections
 from fusion.model.data import collate, radar_point_inputs, radar_raster
 from fusion.model.decode import decode
 from fusion.model.network import FusionNet, present_flags
-from fusion.preprocess import IMAGE_MEAN, IMAGE_STD
+from fusion.perception.geometry import CameraModel
+from fusion.perception.preprocess import IMAGE_MEAN, IMAGE_STD
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from fusion.geometry import CameraModel, box_corners
+from fusion.perception.geometry import CameraModel, box_corners
 from fusion.wire.messages import CLASS_NAMES
 
 CLASS_COLORS = {0: (60, 200, 60), 1: (0, 160, 255), 2: (230, 80, 230), 3: (255, 200, 0)}
 GT_COLOR = (255, 255, 255)
-#: Box edges as corner index pairs for `fusion.geometry.box_corners` order.
+#: Box edges as corner index pairs for `fusion.perception.geometry.box_corners` order.
 BOX_EDGES = [
     (0, 1),
     (1, 2),

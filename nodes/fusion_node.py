@@ -1,8 +1,8 @@
 """Fusion node: camera (latest-only) + radar (queued) -> sync -> model -> `Detections`.
 
-The logic lives in `fusion.pipeline.FusionPipeline`; this file wires it to sockets. Outputs carry
-the input's latency trace extended by each stage, the mode (``fused``, ``camera_only``,
-``radar_only``), the VAE health score and whether the latency budget was missed.
+The logic lives in `fusion.perception.pipeline.FusionPipeline`; this file wires it to sockets.
+Outputs carry the input's latency trace extended by each stage, the mode (``fused``,
+``camera_only``, ``radar_only``), the VAE health score and whether the latency budget was missed.
 
     python -m nodes.fusion_node                       # defaults: committed sim weights, auto device
     python -m nodes.fusion_node --budget-ms 60 --device cpu --threads 2
@@ -24,7 +24,7 @@ import logging
 import sys
 
 from fusion.core.latency import format_latency
-from fusion.pipeline import FusionPipeline, PipelineConfig
+from fusion.perception.pipeline import FusionPipeline, PipelineConfig
 from fusion.runtime import node
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import services

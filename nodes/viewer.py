@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from fusion import viz
-from fusion.geometry import CameraModel
-from fusion.pipeline import decode_jpeg
+from fusion.perception.geometry import CameraModel
+from fusion.perception.pipeline import decode_jpeg
 from fusion.runtime import node
 from fusion.runtime.transport import Subscriber
 from fusion.wire import services

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.pipeline import FusionPipeline, PipelineConfig
+from fusion.perception.pipeline import FusionPipeline, PipelineConfig
 from fusion.recording import RecordingReader
 from fusion.wire.messages import DETECTION_DTYPE, CameraFrame, Detections
 

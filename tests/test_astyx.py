@@ -16,7 +16,7 @@ from fusion.baselines import filter_gt_for_eval
 from fusion.cli import main as fusion_main
 from fusion.datasets import astyx
 from fusion.errors import ConfigError
-from fusion.geometry import CameraModel, box_corners
+from fusion.perception.geometry import CameraModel, box_corners
 from fusion.recording import RecordingReader
 from fusion.wire.messages import CLASS_NAMES
 

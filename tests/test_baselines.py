@@ -14,7 +14,7 @@ from fusion.baselines import (
     main,
     radar_cluster_baseline,
 )
-from fusion.geometry import CameraModel
+from fusion.perception.geometry import CameraModel
 from fusion.wire.messages import (
     CLASS_NAMES,
     DETECTION_DTYPE,

@@ -98,7 +98,7 @@ def test_compare_flags_regressions_only_beyond_threshold(tmp_path: Path) -> None
 def test_profile_summary_counts_the_loop_only(tmp_path: Path) -> None:
     profile = tmp_path / "city_lockstep.txt"
     loop = (
-        "main (nodes/fusion_node.py:95);step (fusion/pipeline.py:10);"
+        "main (nodes/fusion_node.py:95);step (fusion/perception/pipeline.py:10);"
         "Detector.infer (fusion/model/detector.py:5);forward (torch/nn.py:1)"
     )
     profile.write_text(

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fusion.pipeline import FusionPipeline, PipelineConfig, decode_jpeg
+from fusion.perception.pipeline import FusionPipeline, PipelineConfig, decode_jpeg
 from fusion.runtime.testing import forward_camera_calibration
 from fusion.wire.messages import (
     RADAR_POINT_DTYPE,

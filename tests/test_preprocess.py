@@ -1,5 +1,5 @@
-"""The Numba kernels of `fusion.preprocess` against their numpy references, on random and real
-(Astyx) inputs and on the edge cases: no points, points behind the camera, NaN/inf, points off
+"""The Numba kernels of `fusion.perception.preprocess` against their numpy references, on random and
+real (Astyx) inputs and on the edge cases: no points, points behind the camera, NaN/inf, points off
 the image, 100k points."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from numba.core.caching import NullCache
 
-from fusion import _kernels
-from fusion import preprocess as pp
-from fusion.geometry import CameraModel, invert_transform
+from fusion.perception import _kernels
+from fusion.perception import preprocess as pp
+from fusion.perception.geometry import CameraModel, invert_transform
 from fusion.wire.messages import RADAR_POINT_DTYPE, Calibration
 
 # Reference frame (x forward, y left, z up) -> OpenCV camera (x right, y down, z forward).
@@ -235,7 +235,7 @@ def test_kernels_are_cached_and_load_without_compiling_in_a_fresh_process() -> N
     assert all(not isinstance(k._cache, NullCache) for k in kernels)
     pp.warm_up()  # makes sure the cache exists
     script = (
-        "from fusion import preprocess, _kernels as k\n"
+        "from fusion.perception import preprocess, _kernels as k\n"
         "preprocess.warm_up()\n"
         "ks = [k.image_raster, k.bev_raster, k.project_points, k.prepare_image]\n"
         "print(sum(len(x.stats.cache_misses) for x in ks))\n"

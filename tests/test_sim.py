@@ -8,7 +8,7 @@ import pytest
 
 from fusion.cli import main as fusion_main
 from fusion.errors import ConfigError
-from fusion.geometry import CameraModel, box_corners
+from fusion.perception.geometry import CameraModel, box_corners
 from fusion.sim import SCENARIOS, simulate
 from fusion.wire import codec
 from fusion.wire.messages import CLASS_NAMES, RADAR_POINT_DTYPE

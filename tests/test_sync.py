@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from fusion.errors import ConfigError
-from fusion.geometry import rotation_z
-from fusion.preprocess import project_points_reference
-from fusion.sync import (
+from fusion.perception.geometry import rotation_z
+from fusion.perception.preprocess import project_points_reference
+from fusion.perception.sync import (
     VELOCITY_MODELS,
     ApproximateTimeSync,
     ego_displacement,
@@ -335,7 +335,7 @@ def simulated_drive_projection_error(scenario: str, seed: int, duration_s: float
     position at camera time is the same point carried along with the object, so range and angle
     noise cancel and only the timing error is measured.
     """
-    from fusion.geometry import CameraModel
+    from fusion.perception.geometry import CameraModel
     from fusion.sim import simulate
 
     messages = list(

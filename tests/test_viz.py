@@ -29,7 +29,7 @@ def one_car() -> np.ndarray:
 
 
 def test_box_and_points_are_drawn_where_they_project() -> None:
-    from fusion.geometry import CameraModel
+    from fusion.perception.geometry import CameraModel
 
     camera = CameraModel.from_calibration(calibration())
     points = np.zeros(1, RADAR_POINT_DTYPE)

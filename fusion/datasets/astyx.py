@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from fusion.errors import CalibrationError, ConfigError
-from fusion.geometry import check_transform, quaternion_to_rotation
+from fusion.perception.geometry import check_transform, quaternion_to_rotation
 from fusion.wire.messages import (
     CLASS_NAMES,
     GT_BOX_DTYPE,

@@ -37,7 +37,7 @@ class ModelConfig:
     pyramid_channels: int = 64  # channels of every pyramid level and of the fused map
 
     # --- radar encoder ---
-    radar_raster_channels: int = 4  # len(fusion.preprocess.RADAR_RASTER_CHANNELS); 0 = no raster
+    radar_raster_channels: int = 4  # len(preprocess.RADAR_RASTER_CHANNELS); 0 = no raster
     point_mlp_channels: tuple[int, ...] = (32, 64)  # shared per-point MLP widths (PointNet)
     radar_channels: int = 32  # radar feature map channels after the radar convolutions
     max_radar_points: int = 1024  # points beyond this (furthest first) are dropped

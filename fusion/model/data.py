@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from fusion.errors import ConfigError
-from fusion.geometry import CameraModel, box_corners, transform_points
 from fusion.model.config import ModelConfig
 from fusion.model.network import POINT_FEATURES
+from fusion.perception.geometry import CameraModel, box_corners, transform_points
 from fusion.wire.messages import (
     CLASS_NAMES,
     GT_BOX_DTYPE,
@@ -164,15 +164,16 @@ def radar_point_inputs(
 
 
 def radar_raster(points: np.ndarray, camera: CameraModel, cfg: ModelConfig) -> np.ndarray:
-    """The `fusion.preprocess` radar raster at the head's grid, (C, h, w) float32."""
+    """The `fusion.perception.preprocess` radar raster at the head's grid, (C, h, w) float32."""
     if not cfg.radar_raster_channels:
         return np.zeros((0, cfg.grid_h, cfg.grid_w), np.float32)
-    from fusion.preprocess import RADAR_RASTER_CHANNELS, radar_image_raster
+    from fusion.perception.preprocess import RADAR_RASTER_CHANNELS, radar_image_raster
 
     if cfg.radar_raster_channels != len(RADAR_RASTER_CHANNELS):
         raise ConfigError(
-            f"model expects {cfg.radar_raster_channels} raster channels, fusion.preprocess "
-            f"makes {len(RADAR_RASTER_CHANNELS)}; retrain or use a matching checkpoint"
+            f"model expects {cfg.radar_raster_channels} raster channels, "
+            f"fusion.perception.preprocess makes {len(RADAR_RASTER_CHANNELS)}; retrain or use a "
+            "matching checkpoint"
         )
     return radar_image_raster(
         points, camera.ref_to_cam, camera.K, cfg.grid_h, cfg.grid_w, cfg.stride
@@ -180,8 +181,9 @@ def radar_raster(points: np.ndarray, camera: CameraModel, cfg: ModelConfig) -> n
 
 
 def prepare(image_bgr: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """The image resized and normalised by `fusion.preprocess.prepare_image`, (3, H, W)."""
-    from fusion.preprocess import prepare_image
+    """The image resized and normalised by `fusion.perception.preprocess.prepare_image`,
+    (3, H, W)."""
+    from fusion.perception.preprocess import prepare_image
 
     return prepare_image(image_bgr, cfg.input_w, cfg.input_h)
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812  (the PyTorch convention)
 
-from fusion.geometry import CameraModel
 from fusion.model.config import ModelConfig
 from fusion.model.data import decode_yaw, wrap_angle
+from fusion.perception.geometry import CameraModel
 from fusion.wire.messages import CLASS_NAMES, DETECTION_DTYPE
 
 

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from fusion.errors import ModelError
-from fusion.geometry import CameraModel
 from fusion.model import synthetic
 from fusion.model.config import ModelConfig
 from fusion.model.data import collate, prepare, radar_point_inputs, radar_raster
 from fusion.model.decode import decode
 from fusion.model.network import MODES, FusionNet, present_flags
+from fusion.perception.geometry import CameraModel
 
 #: The committed weights trained on the simulator's drives; the demo's default model.
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "sim_default.pt"
@@ -209,7 +209,7 @@ class Detector:
 
     def warm_up(self) -> None:
         """Run every mode once on a synthetic frame (allocations, oneDNN kernels, compile)."""
-        from fusion.preprocess import warm_up as warm_up_kernels
+        from fusion.perception.preprocess import warm_up as warm_up_kernels
 
         warm_up_kernels()
         frame = synthetic.sample(np.random.default_rng(0), 3, self.cfg.input_w, self.cfg.input_h)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion.geometry import CameraModel, box_corners
 from fusion.model.config import ModelConfig
 from fusion.model.data import Sample
+from fusion.perception.geometry import CameraModel, box_corners
 from fusion.wire.messages import CLASS_NAMES, GT_BOX_DTYPE, RADAR_POINT_DTYPE
 
 #: Reference (radar: x forward, y left, z up) -> camera (x right, y down, z forward), with the

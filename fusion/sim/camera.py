@@ -17,7 +17,7 @@ import itertools
 import cv2
 import numpy as np
 
-from fusion.geometry import CameraModel, make_transform, rotation_z
+from fusion.perception.geometry import CameraModel, make_transform, rotation_z
 from fusion.sim.scenarios import ScenarioConfig
 from fusion.sim.world import (
     HEAD_LIGHT,
@@ -40,7 +40,7 @@ NEAR_M = 0.3
 SHIFT_BITS = 3  # sub-pixel precision of polygon vertices
 NOISE_MARGIN_PX = 32
 
-#: Box corners in unit-box coordinates (matches `fusion.geometry.box_corners`).
+#: Box corners in unit-box coordinates (matches `fusion.perception.geometry.box_corners`).
 _UNIT_CORNERS = (
     np.array(
         [

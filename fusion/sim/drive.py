@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from fusion.errors import ConfigError
-from fusion.geometry import CameraModel
+from fusion.perception.geometry import CameraModel
 from fusion.sim.camera import Renderer, camera_calibrations, world_to_ref
 from fusion.sim.radar import RadarModel
 from fusion.sim.scenarios import SCENARIOS

@@ -3,7 +3,8 @@
 `FusionPipeline` takes input messages as they arrive (`add`) and, on each `step`, turns every
 camera frame whose radar matching is settled into one `Detections` message:
 
-1. **Sync**: camera frames are paired with radar scans by `fusion.sync.ApproximateTimeSync`;
+1. **Sync**: camera frames are paired with radar scans by
+`fusion.perception.sync.ApproximateTimeSync`;
    radar points are motion-compensated to the camera's capture time with the latest ego motion.
 2. **Budget**: a frame already older than `budget_ms` when it is picked up is dropped and
    counted (``stale``); a frame finished past its deadline is published with ``budget_miss``.
@@ -31,8 +32,8 @@ import numpy as np
 from fusion.core.latency import LatencyStats
 from fusion.core.ratelog import RateLimitedLog
 from fusion.errors import CalibrationError, FusionError
-from fusion.geometry import CameraModel
-from fusion.sync import ApproximateTimeSync, SyncedFrame, synced_points
+from fusion.perception.geometry import CameraModel
+from fusion.perception.sync import ApproximateTimeSync, SyncedFrame, synced_points
 from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
     Calibration,

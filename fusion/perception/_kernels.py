@@ -1,11 +1,11 @@
-"""Numba kernels behind `fusion.preprocess` (private; call them through that module).
+"""Numba kernels behind `fusion.perception.preprocess` (private; call them through that module).
 
-Every kernel has a plain numpy twin in `fusion.preprocess` that it is tested against, and both
-evaluate the same floating-point expressions in the same order (no ``fastmath``), so results agree
-exactly except where a docstring says otherwise. Kernels are compiled with ``cache=True``: the
+Every kernel has a plain numpy twin in `fusion.perception.preprocess` that it is tested against, and
+both evaluate the same floating-point expressions in the same order (no ``fastmath``), so results
+agree exactly except where a docstring says otherwise. Kernels are compiled with ``cache=True``: the
 first process compiles and writes the cache next to this file (or in numba's user cache directory
-when that is read-only); later processes load it in milliseconds, and `fusion.preprocess.warm_up`
-does that load before a node's first frame.
+when that is read-only); later processes load it in milliseconds, and
+`fusion.perception.preprocess.warm_up` does that load before a node's first frame.
 
 Radar point columns arrive as strided float32 views of a `RADAR_POINT_DTYPE` array (layout
 ``A``), so each kernel compiles once for the one layout every caller uses.

@@ -8,8 +8,8 @@ This module owns turning a synced camera frame and its radar points into the mod
 - `project_points`: reference-frame points to pixels and depth;
 - `prepare_image`: a BGR uint8 frame resized and normalised to the model's float CHW input.
 
-Each has a Numba kernel (in `fusion._kernels`, compiled with ``cache=True``) and a plain numpy
-``*_reference`` twin with the same signature that the tests hold it to. Points with a NaN/inf
+Each has a Numba kernel (in `fusion.perception._kernels`, compiled with ``cache=True``) and a plain
+numpy ``*_reference`` twin with the same signature that the tests hold it to. Points with a NaN/inf
 field are skipped (count them with `invalid_point_mask`), and so are points at or behind the
 camera (depth <= `MIN_DEPTH_M`) and pillars wholly outside the grid. Call `warm_up` once at node
 start so the first frame does not pay the compile/cache-load pause.
@@ -25,8 +25,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from fusion import _kernels
-from fusion._kernels import MIN_DEPTH_M
+from fusion.perception import _kernels
+from fusion.perception._kernels import MIN_DEPTH_M
 from fusion.wire.messages import RADAR_POINT_DTYPE
 
 __all__ = [
