@@ -52,7 +52,7 @@ import numpy as np
 import pytest
 
 from fusion.demo import PLAYED_TOPICS, build_graph
-from fusion.recording import RecordingReader
+from fusion.logs.reader import RecordingReader
 from fusion.report import LatencyReport
 from fusion.runtime.launch import Launcher
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion.recording import RecordingReader, RecordingWriter
+from fusion.logs.reader import RecordingReader
+from fusion.logs.writer import RecordingWriter
 from fusion.wire import codec
 from fusion.wire.messages import RADAR_POINT_DTYPE, CameraFrame, RadarScan
 

@@ -17,11 +17,11 @@ from fusion.errors import FusionError
 COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("fusion.sim.cli", "simulate a drive into a recording"),
     "import": ("fusion.datasets.cli", "import a real dataset into a recording"),
-    "info": ("fusion.recording_cli", "summarise a recording"),
-    "play": ("fusion.recording_cli:play", "publish a recording's topics"),
-    "record": ("fusion.recording_cli:record", "record topics to an MCAP file"),
+    "info": ("fusion.logs.cli", "summarise a recording"),
+    "play": ("fusion.logs.cli:play", "publish a recording's topics"),
+    "record": ("fusion.logs.cli:record", "record topics to an MCAP file"),
     "recover": (
-        "fusion.recording_cli:recover",
+        "fusion.logs.cli:recover",
         "recover the complete chunks of a damaged recording",
     ),
     "train": ("fusion.train", "train the fusion model"),

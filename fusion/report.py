@@ -107,7 +107,7 @@ class LatencyReport:
 
 def report_from_recording(path: str) -> LatencyReport:
     """Read every `Detections` of a recording (the recorder's log time is the arrival)."""
-    from fusion.recording import RecordingReader
+    from fusion.logs.reader import RecordingReader
 
     report = LatencyReport()
     for record in RecordingReader(path).messages(topics=["detections"]):

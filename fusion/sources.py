@@ -141,7 +141,7 @@ def camera_frames_from_folder(
 
 
 def recorded_messages(path: str, topics: set[str]) -> Iterator[tuple[str, Message]]:
-    from fusion.recording import RecordingReader
+    from fusion.logs.reader import RecordingReader
 
     reader = RecordingReader(path)
     for record in reader.messages(topics=sorted(topics)):

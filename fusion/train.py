@@ -91,7 +91,7 @@ def astyx_split(
 
 def recording_messages(path: Path | str):
     """(topic, message) pairs of a recording, in log-time order."""
-    from fusion.recording import RecordingReader
+    from fusion.logs.reader import RecordingReader
 
     for record in RecordingReader(path).messages():
         yield record.topic, record.decode()

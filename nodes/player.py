@@ -3,7 +3,7 @@
     python -m nodes.player drive.mcap [--rate 2 | --max-speed | --lockstep] [--loop]
         [--start S] [--end S] [--topics camera,radar]
 
-Same as ``fusion play``; the logic is `fusion.player.Player` (modes and re-stamping are
+Same as ``fusion play``; the logic is `fusion.logs.player.Player` (modes and re-stamping are
 described there).
 """
 
@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from fusion.errors import FusionError
-from fusion.recording_cli import add_play_arguments, run_play
+from fusion.logs.cli import add_play_arguments, run_play
 from fusion.runtime import node
 
 

@@ -3,7 +3,7 @@
     python -m nodes.recorder -o drive.mcap [--topics camera,radar] [--chunk-size BYTES]
 
 SIGINT or SIGTERM finishes a valid, indexed file; after a SIGKILL, ``fusion recover`` keeps
-every finished chunk. Same as ``fusion record``; the logic is `fusion.recorder.Recorder`.
+every finished chunk. Same as ``fusion record``; the logic is `fusion.logs.recorder.Recorder`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from fusion.errors import FusionError
-from fusion.recording_cli import add_record_arguments, run_record
+from fusion.logs.cli import add_record_arguments, run_record
 from fusion.runtime import node
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion.logs.reader import RecordingReader
 from fusion.perception.pipeline import FusionPipeline, PipelineConfig
-from fusion.recording import RecordingReader
 from fusion.wire.messages import DETECTION_DTYPE, CameraFrame, Detections
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ from fusion.baselines import filter_gt_for_eval
 from fusion.cli import main as fusion_main
 from fusion.datasets import astyx
 from fusion.errors import ConfigError
+from fusion.logs.reader import RecordingReader
 from fusion.perception.geometry import CameraModel, box_corners
-from fusion.recording import RecordingReader
 from fusion.wire.messages import CLASS_NAMES
 
 REAL_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "astyx_hires2019"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fusion.errors import ConfigError
-from fusion.faults import (
+from fusion.logs.faults import (
     FaultInjector,
     FaultSpec,
     parse_specs,
@@ -331,7 +331,7 @@ def test_clock_jump_breaks_pairing_and_outputs_say_camera_only(tmp_path: Path) -
 
 def write_recording(path: Path, seconds: float = 2.0) -> list[tuple[str, Message]]:
     """A drive of `stream()` messages, logged at their capture times."""
-    from fusion.recording import RecordingWriter
+    from fusion.logs.writer import RecordingWriter
 
     items = stream(seconds)
     with RecordingWriter(path) as writer:
@@ -341,8 +341,8 @@ def write_recording(path: Path, seconds: float = 2.0) -> list[tuple[str, Message
 
 
 def test_player_applies_injected_faults(tmp_path: Path) -> None:
-    from fusion.player import Player
-    from fusion.recording import RecordingReader
+    from fusion.logs.player import Player
+    from fusion.logs.reader import RecordingReader
     from fusion.runtime.testing import FakePublisher
 
     items = write_recording(tmp_path / "d.mcap")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fusion.errors import DecodeError
-from fusion.recording import RecordingReader
+from fusion.logs.reader import RecordingReader
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import codec, services
 from fusion.wire.messages import CameraFrame

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from fusion.recording import RecordingReader
+from fusion.logs.reader import RecordingReader
 from fusion.runtime.launch import GraphSpec, Launcher, NodeSpec
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusion.recording import RecordingReader
+from fusion.logs.reader import RecordingReader
 from fusion.runtime.launch import Launcher, parse_graph
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire.messages import Detections

@@ -15,9 +15,10 @@ import pytest
 
 from fusion.cli import main as fusion_main
 from fusion.errors import ConfigError
-from fusion.player import Player
-from fusion.recorder import Recorder
-from fusion.recording import RecordingReader, RecordingWriter
+from fusion.logs.player import Player
+from fusion.logs.reader import RecordingReader
+from fusion.logs.recorder import Recorder
+from fusion.logs.writer import RecordingWriter
 from fusion.runtime.testing import FakePublisher, FakeSubscriber
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import codec

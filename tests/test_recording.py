@@ -12,15 +12,10 @@ from mcap.reader import make_reader
 
 from fusion.cli import main as fusion_main
 from fusion.errors import CorruptRecordingError, FusionError, RecordingError
-from fusion.recording import (
-    MESSAGE_ENCODING,
-    SCHEMA_ENCODING,
-    RecordingReader,
-    RecordingWriter,
-    frame_message,
-    recover,
-    unframe_message,
-)
+from fusion.logs.framing import MESSAGE_ENCODING, SCHEMA_ENCODING, frame_message, unframe_message
+from fusion.logs.reader import RecordingReader
+from fusion.logs.recover import recover
+from fusion.logs.writer import RecordingWriter
 from fusion.wire import codec
 from fusion.wire.messages import (
     DETECTION_DTYPE,

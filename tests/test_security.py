@@ -366,7 +366,7 @@ def test_node_flag_secures_a_real_recorder_process(
 ) -> None:
     """``--curve-keys`` on a node: the recorder records from a keyed publisher over tcp, and
     one started without keys records nothing."""
-    from fusion.recording import RecordingReader
+    from fusion.logs.reader import RecordingReader
     from tests import nodeproc as npc
 
     monkeypatch.setenv(security.KEYS_DIR_ENV, "")

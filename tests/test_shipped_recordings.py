@@ -6,7 +6,7 @@ import filecmp
 
 import pytest
 
-from fusion.recording import RecordingReader
+from fusion.logs.reader import RecordingReader
 from fusion.sim.shipped import RECORDINGS, SHIPPED, make
 
 

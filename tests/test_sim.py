@@ -300,7 +300,7 @@ def test_bad_parameters_raise_config_error(kwargs, match):
 
 
 def test_cli_writes_identical_recordings(tmp_path):
-    from fusion.recording import RecordingReader
+    from fusion.logs.reader import RecordingReader
 
     paths = [tmp_path / "a.mcap", tmp_path / "b.mcap"]
     for path in paths:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fusion.datasets import astyx
 from fusion.errors import ConfigError
-from fusion.recording import RecordingWriter
+from fusion.logs.writer import RecordingWriter
 
 log = logging.getLogger(__name__)
 

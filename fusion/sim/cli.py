@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.recording import RecordingWriter
+    from fusion.logs.writer import RecordingWriter
 
     metadata = {
         "source": "fusion sim",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import zmq
 
-from fusion.recording import RecordingWriter
+from fusion.logs.writer import RecordingWriter
 from fusion.runtime.transport import Subscriber
 
 #: Receive queue per topic, in messages: 50 s of a 20 Hz camera (the memory is spent only when

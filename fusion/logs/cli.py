@@ -1,6 +1,6 @@
 """The recording sub-commands: ``fusion info``, ``play``, ``record`` and ``recover``.
 
-Each is a thin layer over `fusion.recording`, `fusion.player` and `fusion.recorder`;
+Each is a thin layer over `fusion.logs.reader`, `fusion.logs.player` and `fusion.logs.recorder`;
 ``nodes/player.py`` and ``nodes/recorder.py`` run the same code as stand-alone processes.
 """
 
@@ -17,16 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fusion.errors import ConfigError
-from fusion.faults import parse_specs, sleep_until_monotonic
-from fusion.player import DEFAULT_LOCKSTEP_TIMEOUT_S, MAX_RATE, MIN_RATE, Player, PlayStats
-from fusion.recorder import RECORDER_QUEUE_SIZE, Recorder
-from fusion.recording import (
-    COMPRESSIONS,
-    DEFAULT_CHUNK_SIZE,
-    RecordingReader,
-    RecordingWriter,
-    recover,
-)
+from fusion.logs.faults import parse_specs, sleep_until_monotonic
+from fusion.logs.player import DEFAULT_LOCKSTEP_TIMEOUT_S, MAX_RATE, MIN_RATE, Player, PlayStats
+from fusion.logs.reader import RecordingReader
+from fusion.logs.recorder import RECORDER_QUEUE_SIZE, Recorder
+from fusion.logs.recover import recover
+from fusion.logs.writer import COMPRESSIONS, DEFAULT_CHUNK_SIZE, RecordingWriter
 from fusion.runtime import node
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import services

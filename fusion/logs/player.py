@@ -19,7 +19,7 @@ follows the MCAP log times (when the recorder received each message):
 ``loop`` plays the window again and again (one mean message interval between passes);
 ``start_s``/``end_s`` cut a window, in seconds from the first message; ``topics`` filters.
 `Player.replay` yields the re-stamped messages instead of publishing them, for consumers in the
-same process (node tests, benchmarks). ``faults`` (a `fusion.faults.FaultInjector`) drops,
+same process (node tests, benchmarks). ``faults`` (a `fusion.logs.faults.FaultInjector`) drops,
 delays, reorders, duplicates, freezes or re-stamps messages between replay and publishing.
 
 Re-stamping: the header of each message is rebuilt, its array buffers are sent byte for byte as
@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fusion.errors import ConfigError, CorruptRecordingError
-from fusion.faults import FaultInjector
-from fusion.recording import RecordedMessage, RecordingReader
+from fusion.logs.faults import FaultInjector
+from fusion.logs.reader import RecordedMessage, RecordingReader
 from fusion.wire.messages import Detections, Message, restamp
 
 log = logging.getLogger(__name__)
