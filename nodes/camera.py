@@ -23,11 +23,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fusion import sources
 from fusion.errors import ConfigError, FusionError
 from fusion.runtime import node
 from fusion.runtime.transport import Publisher
-from fusion.wire.messages import Calibration, CameraFrame, Message, restamp
+from fusion.sensors import producer, sources
+from fusion.sensors.pacing import Pacer, paced
+from fusion.wire.messages import Calibration, CameraFrame, Message
 from fusion.wire.services import endpoint
 
 log = logging.getLogger("camera")
@@ -51,36 +52,34 @@ def load_calibration(path: str, sensor_id: str) -> Calibration:
         raise ConfigError(f"cannot read camera calibration {path}: {exc!r}") from exc
 
 
-def source_stream(args: argparse.Namespace) -> tuple[Iterator[tuple[str, Message]], bool]:
-    """(topic, message) stream of the source, and whether it must be paced and restamped."""
+def source_stream(args: argparse.Namespace, pacer: Pacer) -> Iterator[tuple[str, Message]]:
+    """The source's ``(topic, message)`` stream; all but a live device's are paced."""
     kind, parts = sources.parse_source(args.source)
-    if kind == "sim":
-        seed = int(parts[1]) if len(parts) > 1 else 0
-        stream = sources.simulated_messages(
-            parts[0],
-            seed,
-            {"camera", "calibration"},
-            duration_s=args.duration_s,
-            width_px=args.width,
-            height_px=args.height,
-            jpeg_quality=args.jpeg_quality if args.encoding == "jpeg" else None,
-        )
-        return ((t, m) for t, m in stream if t == "camera" or m.sensor_id == args.sensor_id), True
-    if kind == "recording":
-        stream = sources.recorded_messages(parts[0], {"camera", "calibration"})
-        return ((t, m) for t, m in stream if t == "camera" or m.sensor_id == args.sensor_id), True
+    if kind in ("sim", "recording"):
+        options = {}
+        if kind == "sim":
+            options = {
+                "duration_s": args.duration_s,
+                "width_px": args.width,
+                "height_px": args.height,
+                "jpeg_quality": args.jpeg_quality if args.encoding == "jpeg" else None,
+            }
+        stream = sources.replayed_messages(kind, parts, {"camera", "calibration"}, **options)
+        mine = ((t, m) for t, m in stream if t == "camera" or m.sensor_id == args.sensor_id)
+        return paced(mine, pacer)
     if kind == "folder":
         frames = sources.camera_frames_from_folder(
             Path(parts[0]), args.rate_hz, args.sensor_id, args.encoding == "jpeg"
         )
-        return (("camera", f) for f in frames), True
+        return paced((("camera", f) for f in frames), pacer)
     if kind in ("device", "video"):
         target = int(parts[0]) if kind == "device" else parts[0]
         capture = cv2.VideoCapture(target)
         if not capture.isOpened():
             raise ConfigError(f"cannot open {kind} {parts[0]!r}")
         frames = sources.camera_frames_from_capture(capture, args.sensor_id, live=kind == "device")
-        return (("camera", f) for f in frames), kind == "video"
+        stream = (("camera", f) for f in frames)
+        return stream if kind == "device" else paced(stream, pacer)
     raise ConfigError(f"the camera node cannot read a {kind} source")
 
 
@@ -100,37 +99,22 @@ def encode_for_wire(frame: CameraFrame, encoding: str, jpeg_quality: int) -> Cam
 
 def main(argv: list[str] | None = None, camera_pub=None, calibration_pub=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--source",
-        required=True,
-        help="device:N | video:PATH | folder:DIR | sim:SCENARIO[:SEED] | recording:FILE",
-    )
     parser.add_argument("--sensor-id", default="camera_front")
     parser.add_argument(
         "--encoding", choices=("bgr8", "jpeg"), default="bgr8", help="what goes on the wire"
     )
     parser.add_argument("--jpeg-quality", type=int, default=90)
     parser.add_argument("--rate-hz", type=float, default=20.0, help="frame rate of a folder source")
-    parser.add_argument(
-        "--rate", type=float, default=1.0, help="replay speed of file sources; 0 = max"
-    )
-    parser.add_argument(
-        "--duration-s", type=float, default=60.0, help="length of a simulated drive"
-    )
     parser.add_argument("--width", type=int, default=1280, help="simulated image width (px)")
     parser.add_argument("--height", type=int, default=720, help="simulated image height (px)")
     parser.add_argument(
         "--calibration", help="calibration JSON for device, video and folder sources"
     )
-    parser.add_argument("--loop", action="store_true", help="start a file source again at its end")
-    parser.add_argument(
-        "--wait-for-subscribers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="hold the first frame until N subscribers",
+    producer.add_arguments(
+        parser,
+        "device:N | video:PATH | folder:DIR | sim:SCENARIO[:SEED] | recording:FILE",
+        required=True,
     )
-    node.add_common_arguments(parser)
     args = parser.parse_args(argv)
     node.setup_logging(args.log_level)
     overrides = node.endpoint_overrides(args)
@@ -145,35 +129,25 @@ def main(argv: list[str] | None = None, camera_pub=None, calibration_pub=None) -
     sent = 0
     stats = node.StatsLine("camera", args.stats_period_s, lambda: f"{sent} frames sent")
     last_calibration_ns = -CALIBRATION_PERIOD_NS
-    pacer = sources.Pacer(
-        args.rate, sources.epoch_from_env() if args.source.startswith("sim:") else None
-    )
+
+    def send(topic: str, msg: Message) -> None:
+        nonlocal calibration, sent, last_calibration_ns
+        if topic == "calibration":
+            calibration = msg
+            return
+        camera_pub.send(encode_for_wire(msg, args.encoding, args.jpeg_quality))
+        sent += 1
+        if (
+            calibration is not None
+            and msg.capture_ns - last_calibration_ns >= CALIBRATION_PERIOD_NS
+        ):
+            calibration.capture_ns = msg.capture_ns
+            calibration_pub.send(calibration)
+            last_calibration_ns = msg.capture_ns
+        stats.tick()
+
     try:
-        while not shutdown:
-            stream, paced = source_stream(args)
-            for topic, msg in stream:
-                if shutdown:
-                    break
-                if paced:
-                    released_ns = pacer.wait(msg.capture_ns)
-                    if released_ns is None:
-                        continue
-                    restamp(msg, released_ns)
-                if topic == "calibration":
-                    calibration = msg
-                    continue
-                camera_pub.send(encode_for_wire(msg, args.encoding, args.jpeg_quality))
-                sent += 1
-                if (
-                    calibration is not None
-                    and msg.capture_ns - last_calibration_ns >= CALIBRATION_PERIOD_NS
-                ):
-                    calibration.capture_ns = msg.capture_ns
-                    calibration_pub.send(calibration)
-                    last_calibration_ns = msg.capture_ns
-                stats.tick()
-            if not args.loop:
-                break
+        producer.run(args, lambda pacer: source_stream(args, pacer), send, shutdown)
     finally:
         camera_pub.close()
         calibration_pub.close()

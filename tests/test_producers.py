@@ -15,7 +15,9 @@ import pytest
 
 from fusion.errors import ConfigError
 from fusion.runtime.transport import Subscriber
-from fusion.sources import Pacer, UdpRadarDriver, parse_source
+from fusion.sensors.pacing import Pacer
+from fusion.sensors.radar import UdpRadarDriver
+from fusion.sensors.sources import parse_source
 from fusion.wire.messages import RADAR_POINT_DTYPE
 
 
