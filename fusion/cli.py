@@ -24,8 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fusion.logs.cli:recover",
         "recover the complete chunks of a damaged recording",
     ),
-    "train": ("fusion.train", "train the fusion model"),
-    "eval": ("fusion.evaluate", "evaluate a model on a recording"),
+    "train": ("fusion.learn.cli:train", "train the fusion model"),
+    "eval": ("fusion.learn.cli:eval", "evaluate a model on a recording"),
     "launch": ("fusion.runtime.launch", "start a node graph from YAML"),
     "keys": ("fusion.runtime.security", "make CurveZMQ key pairs"),
 }

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from fusion.baselines import filter_gt_for_eval
 from fusion.cli import main as fusion_main
 from fusion.datasets import astyx
 from fusion.errors import ConfigError
+from fusion.learn.baselines import filter_gt_for_eval
 from fusion.logs.reader import RecordingReader
 from fusion.perception.geometry import CameraModel, box_corners
 from fusion.wire.messages import CLASS_NAMES

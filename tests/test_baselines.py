@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusion.baselines import (
+from fusion.learn.baselines import (
     ClusterBaselineConfig,
     evaluate_astyx,
     filter_gt_for_eval,

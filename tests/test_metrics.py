@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fusion.errors import ConfigError
-from fusion.metrics import evaluate_detections
+from fusion.learn.metrics import evaluate_detections
 from fusion.wire.messages import CLASS_NAMES, DETECTION_DTYPE, GT_BOX_DTYPE
 
 CAR = CLASS_NAMES.index("car")

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from fusion.learn.train import EarlyStopping, modality_flags, train
 from fusion.model import FusionNet, load_checkpoint, synthetic
 from fusion.model.data import collate, encode_sample, samples_from_messages
 from fusion.model.losses import total_loss
 from fusion.model.network import present_flags
 from fusion.model.synthetic import tiny_config
-from fusion.train import EarlyStopping, modality_flags, train
 from fusion.wire.messages import Calibration, CameraFrame, GroundTruth, RadarScan
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "astyx_hires2019"
@@ -98,7 +98,7 @@ def test_train_writes_checkpoints_and_log_and_resumes(tmp_path):
 
 
 def test_ablation_scores_every_mode_and_the_baseline_on_the_same_frames():
-    from fusion.evaluate import ablation
+    from fusion.learn.evaluate import ablation
 
     cfg = tiny_config(class_names=("car",))
     items = items_of(cfg, 2, 4)
@@ -111,7 +111,7 @@ def test_ablation_scores_every_mode_and_the_baseline_on_the_same_frames():
 
 
 def test_auroc_hand_cases():
-    from fusion.evaluate import auroc
+    from fusion.learn.evaluate import auroc
 
     assert auroc(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == 1.0
     assert auroc(np.array([0.3, 0.4]), np.array([0.1, 0.2])) == 0.0
@@ -120,7 +120,7 @@ def test_auroc_hand_cases():
 
 
 def test_fault_injection_changes_the_right_inputs_and_scores_are_deterministic():
-    from fusion.evaluate import FAULTS, fault_auroc, inject_fault
+    from fusion.learn.evaluate import FAULTS, fault_auroc, inject_fault
 
     cfg = tiny_config(class_names=("car",))
     item = items_of(cfg, 1, 5)[0]
@@ -170,7 +170,7 @@ def test_messages_adapter_pairs_nearest_radar_scan_and_ground_truth():
 @pytest.mark.skipif(not REALDATA.exists(), reason=f"Astyx data not at {REALDATA}")
 def test_astyx_split_is_by_whole_runs_and_disjoint():
     from fusion.datasets.astyx import sequence_ids
-    from fusion.train import astyx_split
+    from fusion.learn.data import astyx_split
 
     parts = astyx_split(REALDATA)
     runs = sequence_ids(REALDATA)

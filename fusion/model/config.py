@@ -42,7 +42,7 @@ class ModelConfig:
     radar_channels: int = 32  # radar feature map channels after the radar convolutions
     max_radar_points: int = 1024  # points beyond this (furthest first) are dropped
     # per-point input normalisation (x, y, z, v_r, rcs, dt_s): value -> (value - mean) / std;
-    # set from the training data by fusion.train
+    # set from the training data by fusion.learn.train
     point_mean: tuple[float, ...] = (20.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     point_std: tuple[float, ...] = (15.0, 8.0, 1.5, 5.0, 10.0, 0.05)
 
@@ -60,7 +60,7 @@ class ModelConfig:
     score_threshold: float = 0.05  # decoding: peaks below are dropped
     # decoding with radar: a box's range snaps to the median range of the radar points it
     # covers plus offset[0] + offset[1] * (the box's half extent along the ray); fitted on the
-    # training boxes by fusion.train (radar sees the near surface, not the centre)
+    # training boxes by fusion.learn.train (radar sees the near surface, not the centre)
     radar_refine: bool = True
     radar_refine_offset_m: tuple[float, float] = (-0.36, 0.86)
     radar_refine_gate_m: float = 2.5  # points further than this in range from the box are ignored

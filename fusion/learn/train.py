@@ -1,27 +1,15 @@
-"""``fusion train``: fit the fusion model on recordings, simulated drives or the Astyx frames.
+"""Training: fit the fusion model on encoded frames (`fusion.learn.data`), keep the best.
 
 One flat loop: Adam with a cosine learning rate, modality dropout (a sample loses its camera or
 its radar features, so one set of weights serves the fused, camera-only and radar-only modes),
-a validation pass each epoch scored with `fusion.metrics` (mean AP, fused mode), the best
+a validation pass each epoch scored with `fusion.learn.metrics` (mean AP, fused mode), the best
 checkpoint kept by that score, early stopping after `patience` epochs without improvement, a
 ``log.csv`` row per epoch and a tqdm bar with the losses. ``last.pt`` is written every epoch;
 ``--resume`` continues from it (model, optimiser, schedule, early-stopping state, RNG).
-
-Data: validation is always a different sequence than training, never frames of the same drive.
-
-- ``--astyx [DIR]``: frames split by run (`astyx_split`): the last runs holding 20 % of the
-  frames are the test set (only `fusion eval` touches it), the runs before them holding 15 %
-  the validation set, the rest training.
-- ``--data A.mcap B.mcap --val-data C.mcap``: recordings, one sequence each.
-- ``--sim-seeds 11 12 13 --val-seeds 100``: drives simulated in memory with `fusion.sim.simulate`.
-
-Encoded samples are cached under ``--cache-dir`` (default ``runs/cache``), so only the first run
-on a data set pays for decoding JPEGs and rasterising radar.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import math
@@ -35,116 +23,15 @@ import numpy as np
 import torch
 
 from fusion.errors import ConfigError
-from fusion.model.config import ModelConfig, astyx_config, sim_config
-from fusion.model.data import (
-    cached_encode,
-    collate,
-    encode_targets,
-    samples_from_astyx,
-    samples_from_messages,
-)
+from fusion.learn.data import input_camera
+from fusion.learn.evaluate import predict, score
+from fusion.model.config import ModelConfig
+from fusion.model.data import collate, encode_targets
 from fusion.model.detector import load_checkpoint, save_checkpoint
 from fusion.model.losses import total_loss
 from fusion.model.network import FusionNet
 
 log = logging.getLogger(__name__)
-
-ASTYX_TEST_FRACTION = 0.2
-ASTYX_VAL_FRACTION = 0.15
-SIM_DURATION_S = 30.0
-#: Astyx network input (W, H): the 2048x618 camera at a quarter of its width, aspect kept.
-ASTYX_INPUT_SIZE = (512, 160)
-SIM_SCENARIOS = ("city", "highway", "night")
-#: Simulated drives are 20 Hz; every 4th frame (5 Hz) is plenty for training.
-SIM_FRAME_STEP = 4
-
-
-# --------------------------------------------------------------------------- data sources
-
-
-def astyx_split(
-    root: Path | str,
-    test_fraction: float = ASTYX_TEST_FRACTION,
-    val_fraction: float = ASTYX_VAL_FRACTION,
-) -> dict[str, list[int]]:
-    """Frame indices of the ``train``, ``val`` and ``test`` parts, split between whole runs:
-    walking back from the last run, runs go to test until it holds `test_fraction` of the frames,
-    then to val until it holds `val_fraction`; the rest (the earlier runs) is train."""
-    from fusion.datasets.astyx import sequence_ids
-
-    runs = sequence_ids(root)
-    by_run: dict[int, list[int]] = {}
-    for index, run in sorted(runs.items()):
-        by_run.setdefault(run, []).append(index)
-    total = len(runs)
-    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    for run in sorted(by_run, reverse=True):
-        if len(parts["test"]) < test_fraction * total:
-            part = "test"
-        elif len(parts["val"]) < val_fraction * total:
-            part = "val"
-        else:
-            part = "train"
-        parts[part] = by_run[run] + parts[part]
-    return parts
-
-
-def recording_messages(path: Path | str):
-    """(topic, message) pairs of a recording, in log-time order."""
-    from fusion.logs.reader import RecordingReader
-
-    for record in RecordingReader(path).messages():
-        yield record.topic, record.decode()
-
-
-def simulated_messages(seed: int, duration_s: float, scenario: str):
-    from fusion.sim import simulate
-
-    return simulate(scenario, seed=seed, duration_s=duration_s)
-
-
-def load_items(
-    source: str,
-    cfg: ModelConfig,
-    cache_dir: Path | None,
-    *,
-    astyx_root: Path | None = None,
-    astyx_part: str = "train",
-    recordings: Sequence[Path] = (),
-    seeds: Sequence[int] = (),
-    sim_duration_s: float = SIM_DURATION_S,
-    sim_scenarios: Sequence[str] = SIM_SCENARIOS,
-) -> tuple[list[dict], str]:
-    """Encoded samples of one data set and a line describing it (kept in checkpoints)."""
-    if source == "astyx":
-        from fusion.datasets.astyx import default_root
-
-        root = Path(astyx_root) if astyx_root else default_root()
-        indices = astyx_split(root)[astyx_part]
-        what = f"astyx {root.name} {astyx_part} ({len(indices)} frames, {indices[0]}-{indices[-1]})"
-        items = cached_encode(samples_from_astyx(root, indices), cfg, what, cache_dir)
-        return items, what
-    if source == "recordings":
-        items = []
-        for path in recordings:
-            what = f"recording {Path(path).resolve()} {Path(path).stat().st_mtime_ns}"
-            samples = samples_from_messages(recording_messages(path), sequence=Path(path).stem)
-            items += cached_encode(samples, cfg, what, cache_dir)
-        return items, "recordings " + " ".join(str(p) for p in recordings)
-    if source == "sim":
-        items, drives = [], []
-        for k, seed in enumerate(seeds):
-            scenario = sim_scenarios[k % len(sim_scenarios)]
-            what = f"sim {scenario} seed {seed} {sim_duration_s:g} s every {SIM_FRAME_STEP}th frame"
-            messages = simulated_messages(seed, sim_duration_s, scenario)
-            samples = samples_from_messages(messages, f"sim-{scenario}-{seed}", SIM_FRAME_STEP)
-            items += cached_encode(samples, cfg, what, cache_dir)
-            drives.append(f"{scenario}:{seed}")
-        return items, f"sim drives {' '.join(drives)} ({sim_duration_s:g} s each)"
-    raise ConfigError(f"unknown data source {source!r}")
-
-
-# --------------------------------------------------------------------------- training loop
 
 
 class EarlyStopping:
@@ -192,8 +79,6 @@ def seed_everything(seed: int) -> None:
 def retarget(items: Sequence[dict], cfg: ModelConfig) -> None:
     """Re-derive the training targets from each cached frame's ground truth (cheap), so target
     settings (range, radius, classes) never need the frames re-encoded."""
-    from fusion.evaluate import input_camera
-
     for it in items:
         it["targets"] = encode_targets(it["gt_boxes"], input_camera(it), cfg)
 
@@ -277,8 +162,6 @@ def validate(
     model: FusionNet, items: Sequence[dict], classes: Sequence[str], precision: str = "fp32"
 ) -> dict:
     """Validation scores in fused mode: mean AP (the selection metric) and AP per threshold."""
-    from fusion.evaluate import predict, score
-
     detections, _ = predict(model, items, "fused", precision=precision)
     result = score(items, detections, classes)
     return {
@@ -439,182 +322,3 @@ def export_weights(checkpoint: Path, out: Path) -> None:
         },
         out,
     )
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", nargs="+", type=Path, metavar="REC.mcap", help="recordings")
-    src.add_argument(
-        "--astyx",
-        nargs="?",
-        const="",
-        metavar="DIR",
-        help="Astyx HiRes2019 directory (default: ../shared/realdata/astyx_hires2019)",
-    )
-    src.add_argument(
-        "--sim-seeds",
-        nargs="+",
-        type=int,
-        metavar="SEED",
-        help="simulate drives with these seeds in memory",
-    )
-    parser.add_argument(
-        "--sim-duration",
-        type=float,
-        default=SIM_DURATION_S,
-        metavar="S",
-        help="seconds per simulated drive",
-    )
-    parser.add_argument(
-        "--sim-scenarios",
-        nargs="+",
-        default=list(SIM_SCENARIOS),
-        help="scenarios the sim seeds cycle through",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path("runs/cache"),
-        help="where encoded samples are cached ('' = no cache)",
-    )
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16"),
-        help="auto: bf16 autocast where the CPU runs it natively, else fp32",
-    )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser)
-    parser.add_argument(
-        "--val-data",
-        nargs="+",
-        type=Path,
-        metavar="REC.mcap",
-        help="validation recordings (with --data)",
-    )
-    parser.add_argument(
-        "--val-seeds",
-        nargs="+",
-        type=int,
-        default=[100],
-        help="validation drive seeds (with --sim-seeds)",
-    )
-    parser.add_argument("--out", type=Path, default=Path("runs/train"), help="output directory")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4, help="Adam L2 penalty")
-    parser.add_argument(
-        "--camera-dropout",
-        type=float,
-        default=None,
-        help="chance a training sample loses its camera (default: config)",
-    )
-    parser.add_argument(
-        "--radar-dropout",
-        type=float,
-        default=None,
-        help="chance a training sample loses its radar (default: config)",
-    )
-    parser.add_argument("--patience", type=int, default=6, help="early-stopping epochs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
-    parser.add_argument(
-        "--input-size",
-        type=int,
-        nargs=2,
-        default=ASTYX_INPUT_SIZE,
-        metavar=("W", "H"),
-        help="network input size for --astyx",
-    )
-    parser.add_argument(
-        "--export",
-        type=Path,
-        default=None,
-        metavar="W.pt",
-        help="also write the best model as a small fp16 weights file",
-    )
-
-
-def data_sets(args: argparse.Namespace, cfg: ModelConfig, parts: Sequence[str]) -> dict:
-    """The requested parts (train / val / test) of the data set the arguments name."""
-    cache = args.cache_dir if str(args.cache_dir) else None
-    common = {"sim_duration_s": args.sim_duration, "sim_scenarios": args.sim_scenarios}
-    out = {}
-    for part in parts:
-        if args.astyx is not None:
-            root = Path(args.astyx) if args.astyx else None
-            out[part] = load_items("astyx", cfg, cache, astyx_root=root, astyx_part=part, **common)
-        elif args.data is not None:
-            paths = args.data if part != "val" else (getattr(args, "val_data", None) or [])
-            if not paths:
-                raise ConfigError("--data needs --val-data for validation (a different drive)")
-            out[part] = load_items("recordings", cfg, cache, recordings=paths, **common)
-        else:
-            seeds = args.sim_seeds if part != "val" else getattr(args, "val_seeds", args.sim_seeds)
-            out[part] = load_items("sim", cfg, cache, seeds=seeds, **common)
-    return out
-
-
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> ``bf16`` where the CPU has native bfloat16, else ``fp32``."""
-    if precision != "auto":
-        return precision
-    from fusion.model.detector import cpu_has_bf16
-
-    return "bf16" if cpu_has_bf16() else "fp32"
-
-
-def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    if args.astyx is not None:
-        cfg = astyx_config(input_w=args.input_size[0], input_h=args.input_size[1])
-    else:
-        cfg = sim_config()
-    sets = data_sets(args, cfg, ("train", "val"))
-    (train_items, train_what), (val_items, val_what) = sets["train"], sets["val"]
-    log.info(
-        "train: %s, %d frames; val: %s, %d frames",
-        train_what,
-        len(train_items),
-        val_what,
-        len(val_items),
-    )
-    cfg.extra = {"train": train_what, "val": val_what}
-    if args.camera_dropout is not None:
-        cfg.camera_dropout = args.camera_dropout
-    if args.radar_dropout is not None:
-        cfg.radar_dropout = args.radar_dropout
-    result = train(
-        cfg,
-        train_items,
-        val_items,
-        args.out,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=args.patience,
-        seed=args.seed,
-        resume=args.resume,
-        device=args.device,
-        data_description=f"train: {train_what}; val: {val_what}",
-        max_minutes=args.max_minutes,
-        weight_decay=args.weight_decay,
-        bf16=resolve_precision(args.precision) == "bf16",
-    )
-    print(
-        f"best val mAP {result.best_metric:.4f} -> {result.best_path} "
-        f"({result.epochs_run} epochs, {result.seconds / 60:.1f} min)"
-    )
-    if args.export is not None:
-        export_weights(result.best_path, args.export)
-        print(f"exported {args.export} ({args.export.stat().st_size / 1e6:.1f} MB)")
-    return 0

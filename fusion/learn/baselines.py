@@ -7,14 +7,14 @@ it), a fixed car-sized box facing along the ray, and a score from the cluster's 
 magnitude. It uses scikit-learn's DBSCAN.
 
 The Astyx protocol (``DESIGN.md``, "Evaluating on the real frames"): class ``car`` only,
-nuScenes-style centre-distance AP on the ground plane at 0.5, 1, 2 and 4 m (`fusion.metrics`),
+nuScenes-style centre-distance AP on the ground plane at 0.5, 1, 2 and 4 m (`fusion.learn.metrics`),
 mean over the four. Ground-truth cars count when within 50 m (ground range) and their centre
 projects into the camera image (`filter_gt_for_eval`); trucks and buses are other classes, so a
 detection on one is a false positive, never ignored. Detections are held to the same region
 (`in_eval_region`), as nuScenes filters detections by range: what lies outside it can be neither
 right nor wrong.
 
-``python -m fusion.baselines --astyx`` prints the table for the whole Astyx set.
+``python -m fusion.learn.baselines --astyx`` prints the table for the whole Astyx set.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.cluster import DBSCAN
 
-from fusion.metrics import EvalResult, evaluate_detections
+from fusion.learn.metrics import EvalResult, evaluate_detections
 from fusion.perception.geometry import CameraModel
 from fusion.wire.messages import CLASS_NAMES, DETECTION_DTYPE
 
@@ -148,7 +148,7 @@ def _centres(boxes: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fusion.baselines", description="score the radar cluster baseline"
+        prog="python -m fusion.learn.baselines", description="score the radar cluster baseline"
     )
     parser.add_argument("--astyx", action="store_true", help="on all Astyx HiRes2019 frames")
     parser.add_argument("--root", type=Path, default=None, help="Astyx directory")

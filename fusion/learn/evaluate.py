@@ -1,9 +1,9 @@
-"""``fusion eval``: run a trained model over held-out frames and score it.
+"""Evaluation: run a trained model over held-out frames and score it.
 
 - `predict` runs a model over encoded frames (`fusion.model.data`) in one mode and decodes them;
-- `score` applies the evaluation protocol of ``DESIGN.md`` (`fusion.baselines.
+- `score` applies the evaluation protocol of ``DESIGN.md`` (`fusion.learn.baselines.
   filter_gt_for_eval`: ground truth within 50 m whose centre projects into the image) and the
-  nuScenes-style metrics of `fusion.metrics` (AP at 0.5/1/2/4 m, true-positive errors, range
+  nuScenes-style metrics of `fusion.learn.metrics` (AP at 0.5/1/2/4 m, true-positive errors, range
   bins);
 - `ablation` scores fused, camera-only and radar-only with the same weights on the same frames,
   next to the non-learned DBSCAN radar baseline;
@@ -14,34 +14,29 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from fusion.metrics import EvalResult, evaluate_detections
+from fusion.learn.baselines import (
+    filter_detections_for_eval,
+    filter_gt_for_eval,
+    radar_cluster_baseline,
+)
+from fusion.learn.data import input_camera
+from fusion.learn.metrics import EvalResult, evaluate_detections
 from fusion.model.data import collate, radar_point_inputs, radar_raster
 from fusion.model.decode import decode
 from fusion.model.network import FusionNet, present_flags
-from fusion.perception.geometry import CameraModel
 from fusion.perception.preprocess import IMAGE_MEAN, IMAGE_STD
 
 log = logging.getLogger(__name__)
 
 MAX_RANGE_M = 50.0
 FAULTS = ("radar_blackout", "radar_noise", "camera_black", "camera_blur", "camera_overexposed")
-
-
-def input_camera(item: dict) -> CameraModel:
-    """The camera at the network's input size that an encoded frame was made with."""
-    h, w = item["image"].shape[1:]
-    return CameraModel(item["K"], w, h, item["ref_to_cam"], np.zeros(5))
 
 
 @torch.no_grad()
@@ -83,8 +78,6 @@ def score(
 ) -> EvalResult:
     """Score one frame's detections per item under the DESIGN.md protocol: ground truth and
     detections within 50 m ground range whose centre projects into the camera image."""
-    from fusion.baselines import filter_detections_for_eval, filter_gt_for_eval
-
     frames = [
         (
             filter_detections_for_eval(det, it["camera"], MAX_RANGE_M),
@@ -96,8 +89,6 @@ def score(
 
 
 def baseline_detections(items: Sequence[dict]) -> list[np.ndarray]:
-    from fusion.baselines import radar_cluster_baseline
-
     return [radar_cluster_baseline(it["points"]) for it in items]
 
 
@@ -207,77 +198,3 @@ def fault_auroc(
             "fault_mean": float(np.mean(faulty)),
         }
     return results
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fusion.train import add_data_arguments
-
-    parser.add_argument(
-        "--weights", type=Path, default=None, help="checkpoint (default: the committed sim weights)"
-    )
-    add_data_arguments(parser)
-    parser.add_argument(
-        "--part",
-        default="test",
-        choices=("train", "val", "test"),
-        help="Astyx split part to evaluate (with --astyx)",
-    )
-    parser.add_argument("--mode", default="fused", choices=("fused", "camera_only", "radar_only"))
-    parser.add_argument(
-        "--ablation",
-        action="store_true",
-        help="fused vs camera-only vs radar-only vs the DBSCAN radar baseline",
-    )
-    parser.add_argument("--faults", action="store_true", help="AUROC of the VAE health score")
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument(
-        "--eval-precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16"),
-        help="auto: what Detector uses on this CPU (bf16 where native)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from fusion.model.detector import DEFAULT_WEIGHTS, load_checkpoint
-    from fusion.train import data_sets, resolve_precision
-
-    torch.set_num_threads(args.threads)
-    model, state = load_checkpoint(args.weights or DEFAULT_WEIGHTS)
-    cfg = model.cfg
-    items, what = data_sets(args, cfg, (args.part,))[args.part]
-    print(f"{args.weights or DEFAULT_WEIGHTS} (trained on {state.get('data', '?')})")
-    print(f"evaluating on {what}: {len(items)} frames")
-    precision = resolve_precision(args.eval_precision)
-    report: dict = {
-        "weights": str(args.weights or DEFAULT_WEIGHTS),
-        "data": what,
-        "precision": precision,
-    }
-    started = time.monotonic()
-    if args.ablation:
-        results = ablation(model, items, cfg.class_names, precision=precision)
-    else:
-        detections = predict(model, items, args.mode, precision=precision)[0]
-        results = {args.mode: score(items, detections, cfg.class_names)}
-    for name, result in results.items():
-        print(f"\n== {name}\n{result.table()}")
-    report["results"] = {name: r.to_dict() for name, r in results.items()}
-    if args.faults:
-        faults = fault_auroc(model, items, precision=precision)
-        print("\n== VAE health score: AUROC faulty vs clean")
-        for fault, v in faults.items():
-            print(
-                f"{fault:20s} AUROC {v['auroc']:.3f}  score clean {v['clean_mean']:.3f} "
-                f"faulty {v['fault_mean']:.3f}"
-            )
-        report["faults"] = faults
-    report["seconds"] = time.monotonic() - started
-    print(f"\n({precision}, {report['seconds']:.0f} s)")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    return 0
