@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fusion import cli
+from fusion.sim import cli
 
 RECORDINGS = Path(__file__).resolve().parents[2] / "recordings"
 
@@ -68,8 +68,9 @@ SHIPPED: dict[str, list[str]] = {
 
 def make(name: str, folder: Path) -> Path:
     out = folder / name
-    code = cli.main(["sim", *SHIPPED[name], "-o", str(out)])
-    if code != 0:
+    parser = argparse.ArgumentParser(prog="fusion sim")
+    cli.add_arguments(parser)
+    if cli.run(parser.parse_args([*SHIPPED[name], "-o", str(out)])) != 0:
         raise SystemExit(f"fusion sim failed for {name}")
     return out
 
