@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from fusion.learn.baselines import (
     filter_detections_for_eval,
@@ -165,14 +166,13 @@ def inject_fault(item: dict, fault: str, cfg, rng: np.random.Generator) -> dict:
 
 
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
-    """Probability that a positive scores above a negative (ties count half): the area under the
-    ROC curve, by the Mann-Whitney U statistic."""
+    """Area under the ROC curve of positives (label 1) against negatives (label 0): the chance
+    a positive scores above a negative, ties counting half. NaN when either side is empty."""
     neg, pos = np.asarray(negatives, float), np.asarray(positives, float)
     if not len(neg) or not len(pos):
         return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+    labels = np.concatenate([np.zeros(len(neg)), np.ones(len(pos))])
+    return float(roc_auc_score(labels, np.concatenate([neg, pos])))
 
 
 def fault_auroc(
