@@ -16,16 +16,18 @@ recorder logs when it received it, so one recording of the outputs holds the who
 | capture -> recorded | ``capture_ns`` -> the recorder's log time |
 
 Only monotonic-clock outputs are timed (a replay restamps its inputs onto the monotonic clock).
+Each stage is one `fusion.core.latency.LatencyHistogram`, the histogram the nodes use.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fusion.core.latency import LatencyHistogram
+from fusion.logs.reader import RecordingReader
 from fusion.wire.messages import Detections
 
 STAGES = (
@@ -43,7 +45,7 @@ STAGES = (
 
 @dataclass
 class LatencyReport:
-    samples_ms: dict[str, list[float]] = field(default_factory=dict)
+    latency_ms: dict[str, LatencyHistogram] = field(default_factory=dict)
     modes: Counter = field(default_factory=Counter)
     outputs: int = 0
     invalid: int = 0
@@ -69,21 +71,16 @@ class LatencyReport:
             stamps["log"] = log_time_ns
         for name, start, end in STAGES:
             if start in stamps and end in stamps:
-                self.samples_ms.setdefault(name, []).append((stamps[end] - stamps[start]) / 1e6)
+                stage = self.latency_ms.setdefault(name, LatencyHistogram())
+                stage.add((stamps[end] - stamps[start]) / 1e6)
 
     def percentiles(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for name, _, _ in STAGES:
-            values = np.asarray(self.samples_ms.get(name, []))
-            if len(values):
-                out[name] = {
-                    "p50": float(np.percentile(values, 50)),
-                    "p95": float(np.percentile(values, 95)),
-                    "p99": float(np.percentile(values, 99)),
-                    "max": float(values.max()),
-                    "n": len(values),
-                }
-        return out
+        """Per timed stage, in `STAGES` order: p50/p95/p99/max (ms) and ``n``."""
+        return {
+            name: self.latency_ms[name].percentiles()
+            for name, _, _ in STAGES
+            if name in self.latency_ms
+        }
 
     def as_dict(self) -> dict:
         return {
@@ -107,16 +104,8 @@ class LatencyReport:
 
 def report_from_recording(path: str) -> LatencyReport:
     """Read every `Detections` of a recording (the recorder's log time is the arrival)."""
-    from fusion.logs.reader import RecordingReader
-
     report = LatencyReport()
-    for record in RecordingReader(path).messages(topics=["detections"]):
-        report.add(record.decode(), record.log_time_ns)
-    return report
-
-
-def report_from_messages(messages: Iterable[Detections]) -> LatencyReport:
-    report = LatencyReport()
-    for det in messages:
-        report.add(det)
+    with RecordingReader(path) as reader:
+        for record in reader.messages(topics=["detections"]):
+            report.add(record.decode(), record.log_time_ns)
     return report

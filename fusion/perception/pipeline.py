@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fusion.core.latency import LatencyStats
+from fusion.core.latency import LatencyHistogram
 from fusion.core.ratelog import RateLimitedLog
 from fusion.errors import CalibrationError, FusionError
 from fusion.perception.geometry import CameraModel
@@ -97,8 +97,8 @@ class FusionPipeline:
         self.camera: CameraModel | None = None
         self.ego: EgoMotion | None = None
         self.counters: Counter[str] = Counter()
-        self.stage_ms = {stage: LatencyStats() for stage in STAGES}
-        self.latency_ms = LatencyStats()  # capture -> detections decoded
+        self.stage_ms = {stage: LatencyHistogram() for stage in STAGES}
+        self.latency_ms = LatencyHistogram()  # capture -> detections decoded
         self.seq = 0
         self._last_camera_ns: int | None = None  # receive time, monotonic
         self._last_radar_ns: int | None = None

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from fusion.core.latency import LatencyStats
+from fusion.core.latency import LatencyHistogram
 from fusion.errors import ConfigError
 from fusion.runtime.node import ShutdownFlag
 from fusion.runtime.transport import Subscriber
@@ -286,7 +286,7 @@ class TopicMonitor:
             for t in topics
         }
         self.counts = dict.fromkeys(topics, 0)
-        self.latency = {t: LatencyStats(window=500) for t in topics}
+        self.latency = {t: LatencyHistogram() for t in topics}
         self.misses = 0
         self.modes: dict[str, int] = {}
         self._window_start = time.monotonic()
