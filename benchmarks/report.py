@@ -1,10 +1,9 @@
 """Turn one benchmark run into ``REPORT.md``: machine, targets met or missed, end-to-end latency
-per recording with histogram/CDF pictures, every ratio table, scaling tables, the profile's top
-costs, and (with ``--compare``) regressions against a saved baseline run.
+per recording with histogram/CDF pictures, every ratio table, scaling tables and the profile's
+top costs. Regressions against a saved run are pytest-benchmark's own check
+(``--benchmark-compare`` / ``--benchmark-compare-fail``; ``make bench BASELINE=FILE``).
 
     python -m benchmarks.report benchmarks/results.json                 # after `make bench`
-    python -m benchmarks.report benchmarks/results.json --compare benchmarks/baseline.json \\
-        --fail-on-regression                                            # exit 1 on a regression
     python -m benchmarks.report gpu/results.json --ratios gpu/ratios.json --out gpu
 
 Inputs: the pytest-benchmark JSON (``--benchmark-json``), the ratio tables the suite's conftest
@@ -32,8 +31,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 NOTES = HERE / "report_notes.md"
-#: A benchmark whose median grew by more than this against the baseline is a regression.
-DEFAULT_THRESHOLD = 0.10
 STAGES = ("transport in", "sync", "preprocess", "model", "decode", "publish", "transport out")
 TRANSPORT_TARGET = 1.2
 RASTER_TARGET = 10.0
@@ -404,51 +401,6 @@ def profile_summary(path: Path, top: int = 8) -> tuple[list[str], tuple[str, flo
     return lines, (top_frame, 100 * top_count / total)
 
 
-# ---- comparison -----------------------------------------------------------------------------
-
-
-def key_figures(results: dict) -> dict[str, tuple[float, bool]]:
-    """name -> (value, higher is better): every benchmark's median plus end-to-end figures."""
-    out = {}
-    for name, bench in by_name(results).items():
-        info = bench["extra_info"]
-        if info.get("end_to_end"):
-            tag = f"{info['recording']} {info['mode']} ({info['device']})"
-            if info["mode"] == "real time":
-                p99 = info["latency_ms"].get("capture -> detections", {}).get("p99")
-                if p99 is not None:
-                    out[f"{tag}: p99 capture -> detections ms"] = (p99, False)
-            else:
-                out[f"{tag}: frames/s"] = (info["frames_per_s"], True)
-            continue
-        out[f"{name}: median ms"] = (bench["stats"]["median"] * 1e3, False)
-    return out
-
-
-def compare(results: dict, baseline: dict, threshold: float) -> tuple[list[str], int]:
-    now, then = key_figures(results), key_figures(baseline)
-    rows, regressions = [], 0
-    for name, (value, higher_better) in now.items():
-        if name not in then or then[name][0] == 0:
-            continue
-        old = then[name][0]
-        change = value / old - 1
-        worse = -change if higher_better else change
-        flag = "**regression**" if worse > threshold else ("better" if worse < -threshold else "")
-        regressions += bool(flag.startswith("**"))
-        rows.append([name, f"{old:.3g}", f"{value:.3g}", f"{100 * change:+.0f} %", flag])
-    commit = baseline.get("commit_info", {}).get("id", "?")[:10]
-    lines = [
-        f"{regressions} regressions (worse by more than {100 * threshold:.0f} %) among "
-        f"{len(rows)} figures present in both runs (baseline from "
-        f"{baseline.get('datetime', '?')}, commit {commit}).",
-        "",
-        *markdown_table(["figure", "baseline", "now", "change", ""], rows),
-        "",
-    ]
-    return lines, regressions
-
-
 # ---- the report -----------------------------------------------------------------------------
 
 
@@ -483,9 +435,7 @@ def build_report(
     ratios: dict,
     out: Path,
     profiles: list[Path],
-    baseline: dict | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
-) -> tuple[str, int]:
+) -> str:
     lines = [
         "# Benchmark report",
         "",
@@ -502,10 +452,6 @@ def build_report(
     target_rows = targets(results, ratios)
     header = ["target", "wanted", "measured", "verdict", "where the time goes"]
     lines += [*markdown_table(header, target_rows), ""]
-    regressions = 0
-    if baseline is not None:
-        compared, regressions = compare(results, baseline, threshold)
-        lines += ["## Against the baseline", "", *compared]
     lines += ["## End to end", "", *end_to_end_section(results, out)]
     top_costs = []
     if not profiles and any(i["mode"] == "lock-step" for i in end_to_end(results)):
@@ -530,7 +476,7 @@ def build_report(
     if NOTES.exists():
         lines += ["## Analysis", "", NOTES.read_text().strip(), ""]
     lines += ["## Closing note", "", *closing_note(results, target_rows, top_costs), ""]
-    return "\n".join(lines), regressions
+    return "\n".join(lines)
 
 
 def closing_note(results: dict, target_rows: list[list[str]], top_costs: list) -> list[str]:
@@ -590,21 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", type=Path, help="pytest-benchmark JSON (--benchmark-json)")
     parser.add_argument("--ratios", type=Path, default=HERE / "ratios.json", help="ratio tables")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for REPORT.md and figures/")
-    parser.add_argument("--compare", type=Path, help="a saved results JSON to compare against")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        help="regression threshold (0.1 = 10 %%)",
-    )
-    parser.add_argument(
-        "--fail-on-regression", action="store_true", help="exit 1 when --compare finds one"
-    )
     args = parser.parse_args(argv)
     try:
         results = json.loads(args.results.read_text())
         ratios = json.loads(args.ratios.read_text()) if args.ratios.exists() else {}
-        baseline = json.loads(args.compare.read_text()) if args.compare else None
     except (OSError, json.JSONDecodeError) as exc:
         print(f"benchmarks.report: cannot read the results: {exc}", file=sys.stderr)
         return 2
@@ -613,11 +548,11 @@ def main(argv: list[str] | None = None) -> int:
         for info in end_to_end(results)
         if info.get("profile") and (REPO / info["profile"]).exists()
     ]
-    text, regressions = build_report(results, ratios, args.out, profiles, baseline, args.threshold)
+    text = build_report(results, ratios, args.out, profiles)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "REPORT.md").write_text(text)
-    print(f"wrote {args.out / 'REPORT.md'}" + (f"; {regressions} regressions" if baseline else ""))
-    return 1 if regressions and args.fail_on_regression else 0
+    print(f"wrote {args.out / 'REPORT.md'}")
+    return 0
 
 
 if __name__ == "__main__":
