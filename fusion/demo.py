@@ -3,7 +3,8 @@
     make demo                                   # = python -m fusion.demo
     python -m fusion.demo --recording recordings/highway.mcap --rate 0.5 --out out/hw
 
-Graph (each its own process, over ipc on this host, started by `fusion.runtime.launch`):
+Graph (each its own process, over ipc on this host, checked and started by
+`fusion.runtime.launch`):
 
     player --camera, radar, calibration, ego_motion--> fusion node --detections--> recorder
                                    \\--> viewer <--------------------------/
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from fusion.errors import FusionError
 from fusion.report import report_from_recording
-from fusion.runtime.launch import GraphSpec, NodeSpec, run_graph
+from fusion.runtime.graph import GraphSpec, NodeSpec
+from fusion.runtime.launch import run_graph
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECORDING = REPO / "recordings" / "city.mcap"
@@ -34,7 +36,6 @@ PLAYED_TOPICS = "camera,radar,calibration,ego_motion"
 
 
 def build_graph(args: argparse.Namespace, out: Path) -> GraphSpec:
-    py = [sys.executable, "-m"]
     timing = ["--lockstep"] if args.lockstep else ["--rate", str(args.rate)]
     fusion_args = ["--budget-ms", str(args.budget_ms), "--device", args.device]
     fusion_args += ["--threads", str(args.threads)]
@@ -42,26 +43,34 @@ def build_graph(args: argparse.Namespace, out: Path) -> GraphSpec:
         fusion_args += ["--weights", args.weights]
     if args.lockstep:
         fusion_args.append("--lockstep")
+    played = tuple(PLAYED_TOPICS.split(","))
     nodes = [
-        NodeSpec(
+        NodeSpec.of_module(
             "recorder",
-            [*py, "nodes.recorder", "-o", str(out / "detections.mcap"), "--topics", "detections"],
+            "nodes.recorder",
+            ["-o", str(out / "detections.mcap"), "--topics", "detections"],
+            inputs=("detections",),
+            outputs=(),
         ),
-        NodeSpec("fusion", [*py, "nodes.fusion_node", *fusion_args]),
+        NodeSpec.of_module(
+            "fusion", "nodes.fusion_node", fusion_args, inputs=played, outputs=("detections",)
+        ),
     ]
     if not args.no_viewer:
         nodes.append(
-            NodeSpec(
+            NodeSpec.of_module(
                 "viewer",
-                [*py, "nodes.viewer", "-o", str(out / "annotated.mp4"), "--png-every", "100"],
+                "nodes.viewer",
+                ["-o", str(out / "annotated.mp4"), "--png-every", "100"],
+                inputs=("calibration", "radar", "camera", "detections"),
+                outputs=(),
             )
         )
     nodes.append(
-        NodeSpec(
+        NodeSpec.of_module(
             "player",
+            "nodes.player",
             [
-                *py,
-                "nodes.player",
                 str(args.recording),
                 *timing,
                 "--topics",
@@ -70,6 +79,9 @@ def build_graph(args: argparse.Namespace, out: Path) -> GraphSpec:
                 "120",
                 "--no-progress",
             ],
+            # in lock-step the player waits for the detections that answer each frame
+            inputs=("detections",) if args.lockstep else (),
+            outputs=played,
             finishes_graph=True,
             restart="never",
         )

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from fusion.logs.reader import RecordingReader
-from fusion.runtime.launch import GraphSpec, Launcher, NodeSpec
+from fusion.runtime.graph import GraphSpec, NodeSpec
+from fusion.runtime.launch import Launcher
 
 
 @pytest.fixture

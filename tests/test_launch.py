@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from fusion.errors import ConfigError
-from fusion.runtime.launch import BACKOFF_START_S, Launcher, load_graph, parse_graph, run_graph
+from fusion.runtime.graph import load_graph, parse_graph
+from fusion.runtime.launch import BACKOFF_START_S, Launcher, run_graph
 
 
 def py(code: str) -> list[str]:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from fusion.logs.reader import RecordingReader
-from fusion.runtime.launch import Launcher, parse_graph
+from fusion.runtime.graph import parse_graph
+from fusion.runtime.launch import Launcher
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire.messages import Detections
 from tests import nodeproc as npc

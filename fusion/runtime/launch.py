@@ -1,28 +1,12 @@
-"""Start a graph of node processes from YAML, supervise them, and stop them cleanly.
+"""Start a checked graph of node processes, supervise them, and stop them cleanly.
 
-A graph file names its nodes, their arguments and the endpoints they share::
-
-    name: replay
-    endpoints:                 # optional: topic -> URL for every node (else ipc on this host)
-      camera: tcp://127.0.0.1:5550
-    epoch_delay_s: 10          # simulated producers start their drive this long after launch
-    nodes:
-      - name: fusion
-        module: nodes.fusion_node        # run as `python -m nodes.fusion_node ARGS`
-        args: [--budget-ms, "50"]
-        restart: on-failure              # on-failure (default) | always | never
-      - name: player
-        module: nodes.player
-        args: [recordings/city.mcap]
-        start_delay_s: 1.0               # wait for the others to come up first
-        finishes_graph: true             # when it exits 0 the whole graph stops
-
-Each node runs as its own process with its output in ``LOG_DIR/<name>.log``. A node that dies
-is restarted with exponential backoff (0.5 s doubling to 8 s), and the restart is counted and
-logged. Ctrl-C (or SIGTERM) stops the nodes in reverse start order with SIGINT, then SIGKILL
-after a grace period. A live status table shows, per topic, rate, lost/rejected messages,
-capture -> receive latency p50/p99 and budget misses, from a subscriber the launcher keeps on
-each topic.
+`run_graph` checks the graph's wiring first (`fusion.runtime.graph.check_graph`; ``fusion launch
+--check GRAPH.yaml`` only checks and prints it) and refuses a graph that does not check. Each node
+runs as its own process with its output in ``LOG_DIR/<name>.log``. A node that dies is restarted
+with exponential backoff (0.5 s doubling to 8 s), and the restart is counted and logged. Ctrl-C
+(or SIGTERM) stops the nodes in reverse start order with SIGINT, then SIGKILL after a grace
+period. A live status table shows, per topic, rate, lost/rejected messages, capture -> receive
+latency p50/p99 and budget misses, from a subscriber the launcher keeps on each topic.
 """
 
 from __future__ import annotations
@@ -33,16 +17,13 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from fusion.core.latency import LatencyHistogram
 from fusion.errors import ConfigError
+from fusion.runtime.graph import GraphSpec, NodeSpec, check_graph, format_check, load_graph
 from fusion.runtime.node import ShutdownFlag
 from fusion.runtime.transport import Subscriber
 from fusion.wire import services
@@ -50,86 +31,10 @@ from fusion.wire.messages import Detections
 
 log = logging.getLogger(__name__)
 
-RESTART_POLICIES = ("on-failure", "always", "never")
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 8.0
 #: A node that ran this long before dying is considered healthy again: its backoff resets.
 BACKOFF_RESET_AFTER_S = 10.0
-
-
-@dataclass
-class NodeSpec:
-    name: str
-    command: list[str]
-    restart: str = "on-failure"
-    start_delay_s: float = 0.0
-    finishes_graph: bool = False
-    env: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class GraphSpec:
-    name: str
-    nodes: list[NodeSpec]
-    endpoints: dict[str, str] = field(default_factory=dict)
-    #: simulated sources start this long after the launch (time for the model to warm up)
-    epoch_delay_s: float = 10.0
-
-
-def load_graph(path: str | Path, extra_args: dict[str, list[str]] | None = None) -> GraphSpec:
-    """Read and check a graph file; `extra_args` appends arguments to named nodes."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"graph file {path} not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"graph file {path} is not valid YAML: {exc}") from exc
-    return parse_graph(raw, str(path), extra_args)
-
-
-def parse_graph(
-    raw: Any, source: str = "graph", extra_args: dict[str, list[str]] | None = None
-) -> GraphSpec:
-    if not isinstance(raw, dict) or not isinstance(raw.get("nodes"), list) or not raw["nodes"]:
-        raise ConfigError(f"{source}: needs a non-empty 'nodes' list")
-    endpoints = {str(k): str(v) for k, v in (raw.get("endpoints") or {}).items()}
-    for topic, url in endpoints.items():
-        services.endpoint(topic, {topic: url})  # checks topic and URL scheme
-    nodes = []
-    for i, item in enumerate(raw["nodes"]):
-        if not isinstance(item, dict) or "name" not in item:
-            raise ConfigError(f"{source}: node #{i} needs a 'name'")
-        name = str(item["name"])
-        args = [str(a) for a in item.get("args", [])] + list((extra_args or {}).get(name, []))
-        if "module" in item:
-            command = [sys.executable, "-m", str(item["module"]), *args]
-        elif "command" in item:
-            command = [str(c) for c in item["command"]] + args
-        else:
-            raise ConfigError(f"{source}: node {name!r} needs 'module' or 'command'")
-        restart = item.get("restart", "on-failure")
-        if restart not in RESTART_POLICIES:
-            raise ConfigError(f"{source}: node {name!r} restart must be one of {RESTART_POLICIES}")
-        nodes.append(
-            NodeSpec(
-                name=name,
-                command=command,
-                restart=restart,
-                start_delay_s=float(item.get("start_delay_s", 0.0)),
-                finishes_graph=bool(item.get("finishes_graph", False)),
-                env={str(k): str(v) for k, v in (item.get("env") or {}).items()},
-            )
-        )
-    names = [n.name for n in nodes]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{source}: node names must be unique, got {names}")
-    return GraphSpec(
-        name=str(raw.get("name", Path(source).stem)),
-        nodes=nodes,
-        endpoints=endpoints,
-        epoch_delay_s=float(raw.get("epoch_delay_s", 10.0)),
-    )
 
 
 @dataclass
@@ -364,6 +269,12 @@ def run_graph(
     from rich.console import Console
     from rich.live import Live
 
+    problems = check_graph(graph)
+    if problems:
+        raise ConfigError(
+            f"graph {graph.name} does not check; nothing was started:\n"
+            + "\n".join(f"- {p}" for p in problems)
+        )
     launcher = Launcher(graph, log_dir)
     shutdown = ShutdownFlag()
     topics = monitor_topics if monitor_topics is not None else ["camera", "radar", "detections"]
@@ -402,6 +313,9 @@ def run_graph(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("graph", help="graph YAML file")
+    parser.add_argument(
+        "--check", action="store_true", help="check the wiring, print it, start nothing"
+    )
     parser.add_argument("--log-dir", default="logs", help="folder for each node's log")
     parser.add_argument("--no-status", action="store_true", help="no live status table")
     parser.add_argument("--duration-s", type=float, default=None, help="stop after this long")
@@ -409,6 +323,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     graph = load_graph(args.graph)
+    if args.check:
+        problems = check_graph(graph)
+        print(format_check(graph, problems))
+        return 1 if problems else 0
     launcher = run_graph(
         graph, log_dir=args.log_dir, status=not args.no_status, max_duration_s=args.duration_s
     )
