@@ -25,6 +25,10 @@ class ConfigError(FusionError):
     """A user-supplied setting is invalid (unknown topic, bad endpoint, bad argument)."""
 
 
+class ImageError(FusionError):
+    """A camera frame's image is unusable: not a decodable JPEG, the wrong shape or encoding."""
+
+
 class CalibrationError(FusionError):
     """A calibration is unusable: NaN, non-invertible transform, missing sensor."""
 

@@ -20,8 +20,9 @@ import cv2
 import numpy as np
 
 from fusion import viz
+from fusion.errors import ImageError
 from fusion.perception.geometry import CameraModel
-from fusion.perception.pipeline import decode_jpeg
+from fusion.perception.image import camera_image
 from fusion.runtime import node
 from fusion.runtime.transport import Subscriber
 from fusion.wire import services
@@ -44,6 +45,7 @@ class Viewer:
         self.camera: CameraModel | None = None
         self.radar_points: np.ndarray | None = None
         self.unmatched = 0
+        self.unreadable = 0  # frames whose image could not be read
 
     def update(self, topic: str, msg) -> np.ndarray | None:
         if topic == "camera":
@@ -68,12 +70,12 @@ class Viewer:
                 self.unmatched += 1
                 return None
             image = np.zeros((height_px, self.width_px, 3), np.uint8)
-        elif frame.encoding == "jpeg":
-            image = decode_jpeg(
-                frame.image, frame.width_px, frame.height_px, self.width_px, height_px
-            )
         else:
-            image = np.asarray(frame.image)
+            try:
+                image = camera_image(frame, (self.width_px, height_px))
+            except ImageError:
+                self.unreadable += 1
+                return None
         image = cv2.resize(image, (self.width_px, height_px), interpolation=cv2.INTER_AREA)
         objects = det.objects[det.objects["score"] >= self.min_score]
         latency_ms = (det.trace.get("decoded", det.capture_ns) - det.capture_ns) / 1e6
@@ -129,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         sink.close()
         inputs.close()
     log.info(
-        "viewer: %d pictures to %s (%d detections without their frame)",
+        "viewer: %d pictures to %s (%d detections without their frame, %d unreadable frames)",
         sink.frames,
         args.output,
         viewer.unmatched,
+        viewer.unreadable,
     )
     return 0
 

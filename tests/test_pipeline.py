@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fusion.perception.pipeline import FusionPipeline, PipelineConfig, decode_jpeg
+from fusion.perception.image import decode_jpeg
+from fusion.perception.pipeline import FusionPipeline, PipelineConfig
 from fusion.runtime.testing import forward_camera_calibration
 from fusion.wire.messages import (
     RADAR_POINT_DTYPE,

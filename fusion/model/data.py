@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -27,6 +26,7 @@ from fusion.errors import ConfigError
 from fusion.model.config import ModelConfig
 from fusion.model.network import POINT_FEATURES
 from fusion.perception.geometry import CameraModel, box_corners, transform_points
+from fusion.perception.image import camera_image
 from fusion.wire.messages import (
     CLASS_NAMES,
     GT_BOX_DTYPE,
@@ -50,20 +50,6 @@ class Sample:
     gt_boxes: np.ndarray  # (M,) GT_BOX_DTYPE in the reference frame
     sequence: str  # drive / run name, for splitting
     key: str  # unique name of the frame
-
-
-def decode_camera_image(frame: CameraFrame) -> np.ndarray:
-    """A camera frame's image as (H, W, 3) uint8 BGR."""
-    if frame.encoding == "jpeg":
-        image = cv2.imdecode(np.asarray(frame.image, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ConfigError(f"camera frame seq {frame.seq}: JPEG does not decode")
-        return image
-    if frame.encoding == "rgb8":
-        return np.ascontiguousarray(frame.image[..., ::-1])
-    if frame.encoding == "mono8":
-        return cv2.cvtColor(frame.image, cv2.COLOR_GRAY2BGR)
-    return frame.image
 
 
 def samples_from_messages(
@@ -109,7 +95,7 @@ def samples_from_messages(
             points["x"], points["y"], points["z"] = moved.T
         truth = truths.get(frame.capture_ns)
         yield Sample(
-            image_bgr=decode_camera_image(frame),
+            image_bgr=camera_image(frame),
             points=points,
             camera=CameraModel.from_calibration(calib),
             gt_boxes=truth.boxes if truth is not None else np.zeros(0, GT_BOX_DTYPE),
@@ -129,7 +115,7 @@ def samples_from_astyx(root: Path | str, indices: Sequence[int]) -> Iterator[Sam
         frame = astyx.read_frame(root, index)
         calib = next(c for c in frame.calibrations if c.sensor_id == astyx.CAMERA_ID)
         yield Sample(
-            image_bgr=decode_camera_image(frame.camera),
+            image_bgr=camera_image(frame.camera),
             points=frame.radar.points,
             camera=CameraModel.from_calibration(calib),
             gt_boxes=frame.ground_truth.boxes,

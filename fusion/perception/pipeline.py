@@ -26,13 +26,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from fusion.core.latency import LatencyHistogram
 from fusion.core.ratelog import RateLimitedLog
-from fusion.errors import CalibrationError, FusionError
+from fusion.errors import CalibrationError, FusionError, ImageError
 from fusion.perception.geometry import CameraModel
+from fusion.perception.image import camera_image
 from fusion.perception.sync import ApproximateTimeSync, SyncedFrame, synced_points
 from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
@@ -243,19 +243,11 @@ class FusionPipeline:
         )
 
     def _image(self, frame: CameraFrame) -> np.ndarray | None:
-        image = frame.image
-        if frame.encoding == "jpeg":
-            cfg = self.detector.cfg
-            image = decode_jpeg(image, frame.width_px, frame.height_px, cfg.input_w, cfg.input_h)
-            if image is None:
-                self._reject("bad_image", f"camera frame {frame.seq} is not a decodable JPEG")
-                return None
-        elif frame.encoding == "rgb8" and image.ndim == 3:
-            image = image[..., ::-1]
-        elif frame.encoding == "mono8" and image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 8:
-            self._reject("bad_image", f"camera frame {frame.seq} has shape {image.shape}")
+        cfg = self.detector.cfg
+        try:
+            image = camera_image(frame, (cfg.input_w, cfg.input_h))
+        except ImageError as exc:
+            self._reject("bad_image", str(exc))
             return None
         expected = self.camera.width_px / self.camera.height_px
         if abs(image.shape[1] / image.shape[0] - expected) > 0.02 * expected:
@@ -329,17 +321,3 @@ def input_trace(source: Message) -> dict[str, int]:
     if "published" in trace:
         trace["input_published"] = trace.pop("published")
     return trace
-
-
-def decode_jpeg(
-    data: np.ndarray, width_px: int, height_px: int, min_w: int, min_h: int
-) -> np.ndarray | None:
-    """Decode a `width_px` x `height_px` JPEG at the smallest of 1/1, 1/2 and 1/4 scale that is
-    still at least `min_w` x `min_h` (libjpeg's reduced decoding skips most of the work)."""
-    data = np.asarray(data)
-    flag = cv2.IMREAD_COLOR
-    for factor, reduced in ((4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if width_px // factor >= min_w and height_px // factor >= min_h:
-            flag = reduced
-            break
-    return cv2.imdecode(data, flag)
