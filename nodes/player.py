@@ -9,24 +9,14 @@ described there).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from fusion.errors import FusionError
 from fusion.logs.cli import add_play_arguments, run_play
-from fusion.runtime import node
+from fusion.runtime.node import run_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nodes.player", description=__doc__.splitlines()[0])
-    add_play_arguments(parser)
-    args = parser.parse_args(argv)
-    node.setup_logging(args.log_level)
-    try:
-        return run_play(args)
-    except FusionError as exc:
-        print(f"player: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("nodes.player", __doc__.splitlines()[0], add_play_arguments, run_play, argv)
 
 
 if __name__ == "__main__":

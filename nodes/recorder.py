@@ -8,24 +8,16 @@ every finished chunk. Same as ``fusion record``; the logic is `fusion.logs.recor
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from fusion.errors import FusionError
 from fusion.logs.cli import add_record_arguments, run_record
-from fusion.runtime import node
+from fusion.runtime.node import run_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nodes.recorder", description=__doc__.splitlines()[0])
-    add_record_arguments(parser)
-    args = parser.parse_args(argv)
-    node.setup_logging(args.log_level)
-    try:
-        return run_record(args)
-    except FusionError as exc:
-        print(f"recorder: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(
+        "nodes.recorder", __doc__.splitlines()[0], add_record_arguments, run_record, argv
+    )
 
 
 if __name__ == "__main__":

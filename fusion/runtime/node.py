@@ -8,6 +8,7 @@ A node file builds its inputs and outputs and runs a loop; this module holds the
   kept as data, as openpilot's ``SubMaster`` does. An output built from an input that is not
   healthy must be marked so by the node.
 - `ShutdownFlag`: SIGINT/SIGTERM set a flag; loops check it and close their sockets cleanly.
+- `run_command`: a ``fusion`` sub-command run as a node process (the player and recorder nodes).
 - `StatsLine`: a periodic one-line summary (latency comes from `fusion.core.latency`).
 """
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -26,6 +28,7 @@ from typing import Protocol
 
 import zmq
 
+from fusion.errors import FusionError
 from fusion.runtime.security import CurveKeysAction
 from fusion.runtime.transport import SubscriberStats
 from fusion.wire import services
@@ -246,3 +249,23 @@ def setup_logging(level: str = "INFO") -> None:
 
 def endpoint_overrides(args: argparse.Namespace) -> dict[str, str]:
     return services.parse_endpoint_overrides(getattr(args, "endpoint", None))
+
+
+def run_command(
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    argv: list[str] | None = None,
+) -> int:
+    """Run a ``fusion`` sub-command (its `add_arguments` and `run`) as a node process: parse
+    `argv`, set up logging, and turn a `FusionError` into one line on stderr and exit status 2."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return run(args)
+    except FusionError as exc:
+        print(f"{prog.rpartition('.')[2]}: error: {exc}", file=sys.stderr)
+        return 2
