@@ -70,6 +70,11 @@ def summary(pipeline: FusionPipeline, inputs: node.Inputs) -> str:
     )
 
 
+def with_input_problems(line: str, inputs: node.Inputs) -> str:
+    problems = inputs.problems()
+    return f"{line}; inputs: {problems}" if problems else line
+
+
 def main(
     argv: list[str] | None = None, inputs: node.Inputs | None = None, pub=None, detector=None
 ) -> int:
@@ -110,7 +115,11 @@ def main(
         inputs = node.Inputs(subs, validators={"radar": radar_problem})
     pipeline = FusionPipeline(detector, config)
     shutdown = node.ShutdownFlag()
-    stats = node.StatsLine("fusion", args.stats_period_s, lambda: summary(pipeline, inputs))
+    stats = node.StatsLine(
+        "fusion",
+        args.stats_period_s,
+        lambda: with_input_problems(summary(pipeline, inputs), inputs),
+    )
     try:
         while not shutdown:
             got = inputs.poll(POLL_MS)

@@ -113,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     viewer = Viewer(args.width, min_score=args.min_score)
     sink = viz.VideoSink(args.output, fps=services.service("camera").rate_hz)
     shutdown = node.ShutdownFlag()
-    stats = node.StatsLine("viewer", args.stats_period_s, lambda: f"{sink.frames} pictures")
+    stats = node.StatsLine(
+        "viewer",
+        args.stats_period_s,
+        lambda: f"{sink.frames} pictures" + (f"; inputs: {p}" if (p := inputs.problems()) else ""),
+    )
     try:
         while not shutdown:
             got = inputs.poll(50)

@@ -262,12 +262,3 @@ def test_real_sequence_ids_split_into_runs() -> None:
     assert runs[0] == runs[1] == runs[2]
     assert runs[9] != runs[8] and runs[69] != runs[68]
     assert 10 < len(set(ids)) < 50
-
-
-def test_train_val_split_cuts_at_a_run_boundary() -> None:
-    runs = {i: i // 7 for i in range(50)}  # runs of 7 frames
-    train, val = astyx.train_val_split(runs, val_fraction=0.2)
-    assert train == list(range(42)) and val == list(range(42, 50))
-    assert runs[train[-1]] != runs[val[0]]
-    with pytest.raises(ConfigError, match="val_fraction"):
-        astyx.train_val_split(runs, val_fraction=1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +50,19 @@ def test_inputs_marks_invalid_messages_and_recovers() -> None:
     inputs.poll(0)
     assert inputs.health("radar").ok
     assert inputs.counters()["radar"]["invalid"] == 1
+
+
+def test_inputs_name_their_problems_in_one_line() -> None:
+    radar = FakeSubscriber("radar", [scan(0), scan(1)])
+    inputs = Inputs(
+        {"radar": radar}, validators={"radar": lambda m: "empty" if m.seq == 1 else None}
+    )
+    assert inputs.problems() == "radar no message yet"
+    inputs.poll(0)
+    assert inputs.problems() == "radar empty"
+    radar.push(scan(2))
+    inputs.poll(0)
+    assert inputs.problems(time.monotonic_ns() + 10**9).startswith("radar silent for")
 
 
 def test_inputs_validator_exception_is_contained() -> None:

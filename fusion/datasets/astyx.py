@@ -271,19 +271,6 @@ def _sequence_ids(root: Path, indices: tuple[int, ...]) -> tuple[tuple[int, int]
     return tuple(runs.items())
 
 
-def train_val_split(runs: dict[int, int], val_fraction: float = 0.2) -> tuple[list[int], list[int]]:
-    """(train, validation) frame indices: validation is the tail of the frames in index order,
-    from the first run start at or after the ``1 - val_fraction`` point, so no run is cut and
-    near-duplicate neighbouring frames can only meet across that one boundary."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    indices = sorted(runs)
-    first_val = round(len(indices) * (1.0 - val_fraction))
-    while 0 < first_val < len(indices) and runs[indices[first_val]] == runs[indices[first_val - 1]]:
-        first_val += 1
-    return indices[:first_val], indices[first_val:]
-
-
 def _epipolar_inliers(before: tuple, after: tuple, matcher: cv2.BFMatcher) -> int:
     (points_a, descriptors_a), (points_b, descriptors_b) = before, after
     if descriptors_a is None or descriptors_b is None or len(descriptors_b) < 2:

@@ -53,7 +53,6 @@ MAX_RADAR_POINTS = 100_000
 CAMERA_TIMEOUT_NS = 250_000_000
 #: Radar silent for this long: frames go camera-only at once instead of waiting for the deadline.
 RADAR_TIMEOUT_NS = 400_000_000
-STAGES = ("sync", "preprocess", "infer", "decode", "total")
 
 
 class DetectorLike:
@@ -97,7 +96,6 @@ class FusionPipeline:
         self.camera: CameraModel | None = None
         self.ego: EgoMotion | None = None
         self.counters: Counter[str] = Counter()
-        self.stage_ms = {stage: LatencyHistogram() for stage in STAGES}
         self.latency_ms = LatencyHistogram()  # capture -> detections decoded
         self.seq = 0
         self._last_camera_ns: int | None = None  # receive time, monotonic
@@ -286,7 +284,8 @@ class FusionPipeline:
             and trace["decoded"] - source.capture_ns > self.cfg.budget_ms * 1e6
         )
         self.counters["budget_miss"] += budget_miss
-        self._record_timings(source, trace)
+        if source.clock == "monotonic":
+            self.latency_ms.add((trace["decoded"] - source.capture_ns) / 1e6)
         out = Detections(
             objects=objects if len(objects) else empty_detections(),
             mode=mode,
@@ -302,16 +301,6 @@ class FusionPipeline:
         )
         self.seq += 1
         return out
-
-    def _record_timings(self, source: Message, trace: dict[str, int]) -> None:
-        received = trace.get("received", trace["synced"])
-        self.stage_ms["sync"].add((trace["synced"] - received) / 1e6)
-        self.stage_ms["preprocess"].add((trace["preprocessed"] - trace["synced"]) / 1e6)
-        self.stage_ms["infer"].add((trace["inferred"] - trace["preprocessed"]) / 1e6)
-        self.stage_ms["decode"].add((trace["decoded"] - trace["inferred"]) / 1e6)
-        self.stage_ms["total"].add((trace["decoded"] - received) / 1e6)
-        if source.clock == "monotonic":
-            self.latency_ms.add((trace["decoded"] - source.capture_ns) / 1e6)
 
 
 def input_trace(source: Message) -> dict[str, int]:

@@ -54,11 +54,6 @@ class SyncedFrame:
     camera_only: bool
     deadline_passed: bool = False
 
-    @property
-    def radar_offsets_ns(self) -> list[int]:
-        """Radar capture minus camera capture, per matched scan (negative: radar earlier)."""
-        return [scan.capture_ns - self.camera.capture_ns for scan in self.radar]
-
 
 @dataclass
 class SyncStats:
@@ -75,9 +70,6 @@ class SyncStats:
     radar_unmatched: int = 0
     late: int = 0
     dropped: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
 
 
 @dataclass

@@ -166,6 +166,19 @@ class Inputs:
     def health(self, name: str, now_ns: int | None = None) -> InputHealth:
         return self.monitors[name].health(time.monotonic_ns() if now_ns is None else now_ns)
 
+    def problems(self, now_ns: int | None = None) -> str:
+        """The inputs that are not healthy, as one line for a stats line ("" when all are):
+        silent, invalid, or off their nominal rate."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        found = []
+        for name, monitor in self.monitors.items():
+            h = monitor.health(now_ns)
+            if not h.ok:
+                found.append(f"{name} {h.problem}")
+            elif not h.on_rate:
+                found.append(f"{name} at {h.rate_hz:.1f} Hz of {monitor.nominal_rate_hz:g}")
+        return "; ".join(found)
+
     def counters(self) -> dict[str, dict[str, int]]:
         return {
             name: {**sub.stats.as_dict(), "invalid": self.monitors[name].invalid_count}

@@ -54,9 +54,6 @@ class FakeSubscriber:
         self.stats.last_receive_ns = time.monotonic_ns()
         return msg
 
-    def pending(self) -> int:
-        return len(self._queue)
-
     def close(self) -> None:
         self._queue.clear()
 

@@ -137,11 +137,6 @@ class Publisher:
         self.socket.send_multipart(frames, copy=False)
         self.sent += 1
 
-    def send_frames(self, frames: list) -> None:
-        """Send already-encoded frames (the player republishing recorded bytes)."""
-        self.socket.send_multipart(frames, copy=False)
-        self.sent += 1
-
     def subscriber_count(self) -> int:
         """Subscriptions to this topic seen so far (connects minus disconnects)."""
         while self.socket.poll(0, zmq.POLLIN):

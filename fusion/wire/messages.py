@@ -28,8 +28,6 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 
-CLOCKS = ("monotonic", "realtime", "sim", "assigned")
-
 #: Object classes the model detects, by class id.
 CLASS_NAMES: tuple[str, ...] = ("car", "truck", "pedestrian", "cyclist")
 
