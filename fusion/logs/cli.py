@@ -1,7 +1,8 @@
 """The recording sub-commands: ``fusion info``, ``play``, ``record`` and ``recover``.
 
-Each is a thin layer over `fusion.logs.reader`, `fusion.logs.player` and `fusion.logs.recorder`;
-``nodes/player.py`` and ``nodes/recorder.py`` run the same code as stand-alone processes.
+Each is a thin layer over the package: `reader` and `summary` (info), `player` and `faults`
+(play), `recorder` and `writer` (record), `recover`; ``nodes/player.py`` and
+``nodes/recorder.py`` run the same code as stand-alone processes.
 """
 
 from __future__ import annotations
