@@ -207,6 +207,8 @@ class Player:
         stream = self.replay() if self.faults is None else self.faults.apply(self.replay())
         for topic, msg in stream:
             self.publishers[topic].send(msg)
+            if not self.timed:
+                time.sleep(0)  # untimed, still let a consumer in this process take its turn
             if self.lockstep and topic == LOCKSTEP_TOPIC:
                 self._await_answer(msg.seq)
             if on_progress is not None and self.clock_ns() >= next_progress_ns:
