@@ -91,13 +91,12 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return DEFAULT_WEIGHTS
     import torch
 
+    from fusion.model import FusionNet, save_weights
     from fusion.model.config import ModelConfig
-    from fusion.model.detector import save_checkpoint
-    from fusion.model.network import FusionNet
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "untrained.pt"
-    save_checkpoint(path, FusionNet(ModelConfig()).eval())
+    path = tmp_path_factory.mktemp("weights") / "untrained.safetensors"
+    save_weights(path, FusionNet(ModelConfig()).eval())
     return path
 
 

@@ -1,144 +1,122 @@
-"""Model forward latency, batch 1, at the default input (448x256): eager fp32 against
-channels_last, channels_last + bf16 autocast and torch.compile + bf16, in one run (ratios to
-fp32), plus the VAE alone and the whole `Detector.detect` on a 1280x720 frame. GFLOPs (counted
-by `torch.utils.flop_counter`, one multiply-add = 2 FLOPs) go into the JSON as extra_info.
+"""Model forward latency per backend, batch 1, at the shipped input sizes: PyTorch eager fp32
+(the baseline), PyTorch eager with folded batch norms (what the ``torch`` backend runs),
+torch-bf16 where the CPU has native bf16, ONNX Runtime and OpenVINO, in one run (ratios to eager
+fp32); the whole `Detector.detect` on a shipped-size frame; and CUDA fp16 on a GPU. GFLOPs
+(counted by `torch.utils.flop_counter`, one multiply-add = 2 FLOPs) go into the JSON.
 
-Run: ``.venv/bin/pytest benchmarks/test_model.py --benchmark-only -q`` (CPU, 2 threads; set
-``FUSION_BENCH_COMPILE=1`` to include torch.compile, which compiles for a minute or two).
-Target (DESIGN.md): p50 <= 25 ms on the 2-core CPU; <= 3 ms fp16 on a GPU (the ``cuda``
-cases, skipped without CUDA; ``benchmarks/gpu_model.sh`` runs them).
+Each configuration benchmarked: the committed simulator weights (384x224) and an Astyx-size
+model (512x160, the real camera's input; untrained weights time the same). The CPU's features
+are printed and stored so a figure always says which machine it came from.
+
+Run: ``.venv/bin/pytest benchmarks/test_model.py --benchmark-only -q``. To measure what an
+AVX2-only CPU gives with the oneDNN backends (PyTorch, OpenVINO) on a CPU with AVX-512, run
+with ``ONEDNN_MAX_CPU_ISA=AVX2`` (ONNX Runtime's own kernels do not honour it).
+Targets (DESIGN.md): p50 <= 15 ms and <= 0.5x eager fp32 on a 2-core AVX2 CPU; <= 3 ms fp16
+on an H200 (the ``cuda`` case, skipped without CUDA; ``benchmarks/gpu.sh`` runs it).
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fusion.model import (
-    DEFAULT_WEIGHTS,
-    Detector,
-    FusionNet,
-    ModelConfig,
-    load_checkpoint,
-    synthetic,
-)
-from fusion.model.detector import cpu_has_bf16
+from fusion.model import DEFAULT_WEIGHTS, Detector, FusionNet, load_weights
+from fusion.model import backends as bk
+from fusion.model.config import astyx_config
+from fusion.model.inputs import encode_inputs
+from fusion.model.synthetic import frame
+from fusion.model.weights import model_digest
 
 THREADS = 2
+MODELS = ("sim", "astyx")
+VARIANTS = ("eager_fp32", "torch", "torch-bf16", "onnxruntime", "openvino")
 
-VARIANTS = ["fp32", "channels_last", "channels_last_bf16", "compile_bf16"]
 
-
-def model() -> FusionNet:
-    if DEFAULT_WEIGHTS.exists():
-        return load_checkpoint(DEFAULT_WEIGHTS)[0]
+def model(which: str) -> FusionNet:
+    if which == "sim":
+        return load_weights(DEFAULT_WEIGHTS)[0]
     torch.manual_seed(0)
-    return FusionNet(ModelConfig()).eval()
+    return FusionNet(astyx_config(ground_plane=(-0.79, 0.045))).eval()
 
 
-def frame_inputs(net: FusionNet, device: str = "cpu") -> tuple[tuple, Detector]:
-    detector = Detector(net, device=device, precision="fp32", threads=THREADS)
-    frame = synthetic.sample(np.random.default_rng(0), 6, 1280, 720)
-    prepared = detector.preprocess(frame.image_bgr, frame.points, frame.camera)
-    b = prepared.batch
-    present = torch.ones(1, 2, device=device)
-    return (
-        b["image"],
-        b["point_features"],
-        b["point_cells"],
-        b["point_valid"],
-        b["raster"],
-        present,
-    ), detector
+def inputs(net: FusionNet) -> dict[str, np.ndarray]:
+    f = frame(np.random.default_rng(0), 6, 1280, 720).inputs
+    arrays = encode_inputs(f, net.cfg)
+    return {k: v[None] for k, v in arrays.items()} | {"present": np.ones((1, 2), np.float32)}
 
 
-def gflops(net: FusionNet, args: tuple) -> float:
+def gflops(net: FusionNet, batch: dict[str, np.ndarray]) -> float:
     counter = FlopCounterMode(display=False)
+    args = [torch.from_numpy(batch[k]) for k in bk.INPUT_NAMES]
     with torch.no_grad(), counter:
         net(*args)
     return counter.get_total_flops() / 1e9
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_forward_cpu(benchmark, ratios, variant: str) -> None:
-    if "bf16" in variant and not cpu_has_bf16():
-        pytest.skip("this CPU has no native bfloat16")
-    if variant.startswith("compile") and not os.environ.get("FUSION_BENCH_COMPILE"):
-        pytest.skip("set FUSION_BENCH_COMPILE=1 to benchmark torch.compile (slow to compile)")
-    torch.set_num_threads(THREADS)
-    net = model()
-    args, _ = frame_inputs(net)
-    benchmark.extra_info["gflops"] = gflops(net, args)
-    benchmark.extra_info["input"] = f"{net.cfg.input_w}x{net.cfg.input_h}"
-    if variant != "fp32":
-        net = net.to(memory_format=torch.channels_last)
-        args = (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
-    forward = net
-    if variant.startswith("compile"):
-        torch._inductor.config.freezing = True
-        forward = torch.compile(net)
-    use_bf16 = variant.endswith("bf16")
+@pytest.fixture(scope="module", autouse=True)
+def cpu_line(request) -> None:
+    print(f"\nCPU: {bk.cpu_summary()}")
 
-    def run() -> None:
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=use_bf16):
-            forward(*args)
+
+@pytest.mark.parametrize("which", MODELS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_cpu(benchmark, ratios, which: str, variant: str) -> None:
+    if variant not in ("eager_fp32", *bk.available_backends("cpu")):
+        pytest.skip(f"{variant} does not run on this CPU")
+    torch.set_num_threads(THREADS)
+    net = model(which)
+    batch = inputs(net)
+    size = f"{net.cfg.input_w}x{net.cfg.input_h}"
+    benchmark.extra_info |= {"gflops": gflops(net, batch), "input": size, "cpu": bk.cpu_summary()}
+    if variant == "eager_fp32":
+        args = [torch.from_numpy(batch[k]) for k in bk.INPUT_NAMES]
+
+        def run() -> None:
+            with torch.inference_mode():
+                net(*args)
+
+    else:
+        backend = bk.make_backend(variant, net, batch, model_digest(net), THREADS)
+
+        def run() -> None:
+            backend.run(batch)
 
     for _ in range(3):
         run()
-    benchmark.group = "model forward, batch 1, 2 threads"
+    benchmark.group = f"model forward {which} {size}, batch 1, {THREADS} threads"
     benchmark.pedantic(run, rounds=40, warmup_rounds=2)
     ratios.add(
-        "model forward 448x256 (2 threads)",
-        "batch 1",
+        f"model forward, batch 1, {THREADS} threads",
+        f"{which} {size}",
         variant,
         benchmark.stats.stats.median * 1e3,
-        baseline="fp32",
-    )
-
-
-def test_vae_alone_cpu(benchmark, ratios) -> None:
-    """What the health score costs on top of detection."""
-    torch.set_num_threads(THREADS)
-    net = model()
-    cfg = net.cfg
-    features = torch.randn(1, cfg.pyramid_channels + cfg.radar_channels, cfg.grid_h, cfg.grid_w)
-    with torch.inference_mode():
-        benchmark.pedantic(lambda: net.vae(features), rounds=200, warmup_rounds=5)
-    ratios.add(
-        "model forward 448x256 (2 threads)",
-        "batch 1",
-        "vae_only",
-        benchmark.stats.stats.median * 1e3,
-        baseline="fp32",
+        baseline="eager_fp32",
     )
 
 
 def test_detect_end_to_end_cpu(benchmark) -> None:
-    """preprocess (resize 1280x720, radar features, raster) + infer (default precision) +
-    decode, as the fusion node calls it."""
-    detector = Detector(model(), device="cpu", threads=THREADS)
+    """preprocess (a 1280x720 frame resized, the radar raster) + infer (the backend ``auto``
+    chooses) + decode and health, as the fusion node calls it."""
+    detector = Detector.load(DEFAULT_WEIGHTS, device="cpu", threads=THREADS)
     detector.warm_up()
-    frame = synthetic.sample(np.random.default_rng(0), 6, 1280, 720)
-    benchmark.extra_info["precision"] = detector.precision
-    benchmark.pedantic(
-        lambda: detector.detect(frame.image_bgr, frame.points, frame.camera), rounds=30
-    )
+    f = frame(np.random.default_rng(0), 6, 1280, 720).inputs
+    benchmark.extra_info |= {"backend": detector.backend_name, "cpu": bk.cpu_summary()}
+    print(f"\n{detector.describe()}")
+    benchmark.pedantic(lambda: detector.detect(f.image_bgr, f.points, f.camera), rounds=30)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_forward_cuda_fp16(benchmark) -> None:
-    net = model()
-    detector = Detector(net, device="cuda", precision="fp16")
-    frame = synthetic.sample(np.random.default_rng(0), 6, 1280, 720)
-    prepared = detector.preprocess(frame.image_bgr, frame.points, frame.camera)
+@pytest.mark.parametrize("which", MODELS)
+def test_forward_cuda_fp16(benchmark, which: str) -> None:
+    net = model(which)
+    batch = inputs(net)
+    backend = bk.make_backend("cuda-fp16", net, batch, model_digest(net))
 
     def run() -> None:
-        detector.infer(prepared)
-        torch.cuda.synchronize()
+        backend.run(batch)  # returns numpy: includes the copy back and the synchronisation
 
+    benchmark.extra_info["input"] = f"{net.cfg.input_w}x{net.cfg.input_h}"
     benchmark.pedantic(run, rounds=200, warmup_rounds=20)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from benchmarks._echo import EchoRig
-from benchmarks.test_preprocess import MODEL_H, MODEL_W, REF_TO_CAM, STRIDE, K, radar_points
+from benchmarks.test_preprocess import MODEL_H, MODEL_W, radar_points
 from fusion.perception import preprocess as pp
 from fusion.perception.pipeline import decode_jpeg
 from fusion.wire.messages import CameraFrame
@@ -50,7 +50,7 @@ def detector():
 
     torch.manual_seed(0)
     pp.warm_up()
-    return Detector(FusionNet(ModelConfig()), device="cpu", precision="fp32", threads=2)
+    return Detector(FusionNet(ModelConfig()), device="cpu", backend="torch", threads=2)
 
 
 @pytest.mark.parametrize("n_points", POINTS)
@@ -58,11 +58,10 @@ def test_radar_raster_points(benchmark, ratios, n_points: int) -> None:
     pp.warm_up()
     points = radar_points(n_points)
     benchmark.group = "scaling: radar raster vs points"
-    grid = (MODEL_H // STRIDE, MODEL_W // STRIDE, STRIDE)
-    benchmark(pp.radar_image_raster, points, REF_TO_CAM, K, *grid)
+    benchmark(pp.radar_bev_raster, points)
     ratios.add(
         "scaling: radar points per scan",
-        "image raster (numba)",
+        "BEV raster (numba)",
         points_label(n_points),
         benchmark.stats.stats.median * 1e3,
         baseline=points_label(POINTS[0]),
@@ -73,7 +72,7 @@ def test_radar_raster_points(benchmark, ratios, n_points: int) -> None:
 def test_preprocess_points(benchmark, ratios, detector, n_points: int) -> None:
     from fusion.model import synthetic
 
-    frame = synthetic.sample(np.random.default_rng(0), 6, 1280, 720)
+    frame = synthetic.frame(np.random.default_rng(0), 6, 1280, 720).inputs
     points = radar_points(n_points)
     detector.preprocess(frame.image_bgr, points, frame.camera)  # allocations, caches
     benchmark.group = "scaling: Detector.preprocess vs points"

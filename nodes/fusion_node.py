@@ -6,6 +6,8 @@ Outputs carry the input's latency trace extended by each stage, the mode (``fuse
 
     python -m nodes.fusion_node                       # defaults: committed sim weights, auto device
     python -m nodes.fusion_node --budget-ms 60 --device cpu --threads 2
+    python -m nodes.fusion_node --backend onnxruntime # or auto (measured), torch, openvino, ...
+    python -m nodes.fusion_node --mode radar_only     # hold the model to one sensor (ablation)
     python -m nodes.fusion_node --lockstep            # for `fusion play --lockstep`: every frame
                                                       # answered, nothing dropped for age
 """
@@ -38,6 +40,7 @@ INPUT_TOPICS = ("calibration", "ego_motion", "radar", "camera")
 #: is subscribed, by when the others are too.
 SUBSCRIBE_ORDER = ("camera", "radar", "calibration", "ego_motion")
 POLL_MS = 2
+MODE_COUNTERS = ("fused", "camera_only", "radar_only")
 
 
 def radar_problem(scan) -> str | None:
@@ -48,20 +51,25 @@ def build_detector(args: argparse.Namespace):
     from fusion.model.detector import DEFAULT_WEIGHTS, Detector
 
     detector = Detector.load(
-        args.weights or DEFAULT_WEIGHTS, device=args.device, threads=args.threads
+        args.weights or DEFAULT_WEIGHTS,
+        device=args.device,
+        threads=args.threads,
+        backend=args.backend,
     )
     detector.warm_up()
-    log.info("model on %s (%s), warmed up", detector.device, detector.precision)
+    log.info("model on %s, warmed up: %s", detector.device, detector.describe())
     return detector
 
 
 def summary(pipeline: FusionPipeline, inputs: node.Inputs) -> str:
     c = pipeline.counters
-    modes = " ".join(f"{m} {c[m]}" for m in ("fused", "camera_only", "radar_only") if c[m])
+    modes = " ".join(f"{m} {c[m]}" for m in MODE_COUNTERS if c[m])
+    if c["health_flagged"]:
+        modes += f"; health flagged {c['health_flagged']}"
     drops = {
         k: v
         for k, v in c.items()
-        if k not in ("fused", "camera_only", "radar_only", "camera_in", "radar_in")
+        if k not in (*MODE_COUNTERS, "camera_in", "radar_in", "health_flagged")
     }
     skipped = inputs.counters()["camera"]["skipped"]
     return (
@@ -85,6 +93,18 @@ def main(
     )
     parser.add_argument("--weights", help="checkpoint (default: the committed simulator weights)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="auto (the fastest that agrees with fp32, measured at start) | torch | torch-bf16 "
+        "| onnxruntime | openvino | cuda-fp16",
+    )
+    parser.add_argument(
+        "--mode",
+        default="auto",
+        choices=("auto", "camera_only", "radar_only"),
+        help="auto follows the sensors; camera_only / radar_only hold the model to one sensor",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the model")
     parser.add_argument("--slop-ms", type=float, default=80.0, help="radar/camera pairing slop")
     parser.add_argument(
@@ -105,6 +125,7 @@ def main(
         slop_ms=args.slop_ms,
         sync_deadline_ms=3.0 if args.lockstep else args.sync_deadline_ms,
         motion_compensation=not args.no_motion_compensation,
+        mode=args.mode,
     )
     detector = detector or build_detector(args)
     # Bind the output before subscribing: a lock-step player starts once it sees our inputs

@@ -27,6 +27,20 @@ def ipc_dir(monkeypatch: pytest.MonkeyPatch):
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Exported graphs and backend choices of this test session: shared by its node processes
+    (the tiny test weights are exported and timed once), kept apart from the user's cache."""
+    path = tmp_path_factory.mktemp("fusion-cache")
+    old = os.environ.get("FUSION_CACHE_DIR")
+    os.environ["FUSION_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("FUSION_CACHE_DIR", None)
+    else:
+        os.environ["FUSION_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def astyx_root() -> Path:
     if not ASTYX_ROOT.is_dir():

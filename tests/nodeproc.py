@@ -31,12 +31,11 @@ def tiny_weights(path: Path) -> Path:
     """A checkpoint of an untrained tiny network: fast to load and run, shape-correct outputs."""
     import torch
 
-    from fusion.model import save_checkpoint
-    from fusion.model.network import FusionNet
+    from fusion.model import FusionNet, save_weights
     from fusion.model.synthetic import tiny_config
 
     torch.manual_seed(0)
-    save_checkpoint(path, FusionNet(tiny_config()).eval())
+    save_weights(path, FusionNet(tiny_config()).eval())
     return path
 
 

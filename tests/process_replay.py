@@ -63,7 +63,7 @@ def replay_fusion(config: ReplayConfig, weights: Path | None = None) -> list[Det
     """The fusion node's outputs for the recording, in order."""
     from fusion.model.detector import DEFAULT_WEIGHTS, Detector
 
-    detector = Detector.load(weights or DEFAULT_WEIGHTS, device="cpu", threads=1, precision="fp32")
+    detector = Detector.load(weights or DEFAULT_WEIGHTS, device="cpu", threads=1, backend="torch")
     clock = _Clock()
     pipeline = FusionPipeline(
         detector,

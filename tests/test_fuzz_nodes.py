@@ -118,7 +118,7 @@ def recorder_rejected(log_text: str) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_fuzzed_messages_are_counted_and_valid_ones_still_processed(tmp_path: Path) -> None:
-    weights = npc.tiny_weights(tmp_path / "tiny.pt")
+    weights = npc.tiny_weights(tmp_path / "tiny.safetensors")
     topics = list(SHARES)
     pubs = {t: Publisher(t, sndhwm=2 * MALFORMED) for t in topics}  # nothing dropped on our side
     detections = Subscriber("detections", latest_only=False, queue_size=10_000)
@@ -241,7 +241,7 @@ def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_pa
     """Calibration that is NaN or not a rotation, images of the wrong size or encoding, radar
     with NaN/inf points or 10^6 points: dropped and counted by reason, the node keeps the last
     good calibration and goes on answering valid frames."""
-    weights = npc.tiny_weights(tmp_path / "tiny.pt")
+    weights = npc.tiny_weights(tmp_path / "tiny.safetensors")
     topics = ("calibration", "radar", "camera")
     pubs = {t: Publisher(t) for t in topics}
     detections = Subscriber("detections", latest_only=False, queue_size=1000)

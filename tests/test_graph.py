@@ -18,20 +18,12 @@ import pytest
 from fusion.logs.reader import RecordingReader
 from fusion.runtime.graph import GraphSpec, NodeSpec
 from fusion.runtime.launch import Launcher
+from tests import nodeproc as npc
 
 
 @pytest.fixture
 def tiny_weights(tmp_path):
-    import torch
-
-    from fusion.model.detector import save_checkpoint
-    from fusion.model.network import FusionNet
-    from fusion.model.synthetic import tiny_config
-
-    torch.manual_seed(0)
-    path = tmp_path / "tiny.pt"
-    save_checkpoint(path, FusionNet(tiny_config()))
-    return path
+    return npc.tiny_weights(tmp_path / "tiny.safetensors")
 
 
 def supervise_until(launcher: Launcher, t_ns: int) -> None:

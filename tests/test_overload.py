@@ -31,12 +31,11 @@ def default_size_weights(path: Path) -> Path:
     on one CPU thread, which is what this test needs."""
     import torch
 
-    from fusion.model import save_checkpoint
+    from fusion.model import FusionNet, save_weights
     from fusion.model.config import sim_config
-    from fusion.model.network import FusionNet
 
     torch.manual_seed(0)
-    save_checkpoint(path, FusionNet(sim_config()).eval())
+    save_weights(path, FusionNet(sim_config()).eval())
     return path
 
 
@@ -94,7 +93,7 @@ def latency_ms(d: Detections) -> float:
 
 @pytest.mark.slow
 def test_camera_at_twice_the_rate_and_a_stalled_recorder(tmp_path: Path) -> None:
-    weights = default_size_weights(tmp_path / "default.pt")
+    weights = default_size_weights(tmp_path / "default.safetensors")
     fusion_log, recorder_log = tmp_path / "fusion.log", tmp_path / "recorder.log"
     out = tmp_path / "drive.mcap"
     drive = Drive(CAMERA_OVERLOAD_HZ, 1280, 720)
@@ -185,7 +184,7 @@ GRAPH_FUSION = "fusion"
 def test_sigkill_of_the_fusion_node_is_restarted_and_reported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    weights = npc.tiny_weights(tmp_path / "tiny.pt")
+    weights = npc.tiny_weights(tmp_path / "tiny.safetensors")
     out = tmp_path / "drive.mcap"
     graph = parse_graph(
         {
@@ -395,7 +394,7 @@ def test_sigkill_of_the_camera_node_degrades_to_radar_only_and_recovers(tmp_path
     """Simulated camera and radar nodes feed the fusion node under the launcher. With the
     camera killed, outputs go on at the radar's rate marked ``radar_only``; once the launcher
     has restarted the camera, they are ``fused`` again."""
-    weights = npc.tiny_weights(tmp_path / "tiny.pt")
+    weights = npc.tiny_weights(tmp_path / "tiny.safetensors")
     quiet = ["--stats-period-s", "0"]
     graph = parse_graph(
         {

@@ -210,3 +210,68 @@ def test_jpeg_frames_are_decoded_reduced() -> None:
     _, data = cv2.imencode(".jpg", image)
     small = decode_jpeg(data.reshape(-1), W * 2, H * 2, 160, 90)
     assert small.shape == (H // 2, W // 2, 3)  # 1/4 scale still covers 160x90
+
+
+@pytest.mark.parametrize("mode", ["camera_only", "radar_only"])
+def test_a_held_mode_pairs_as_auto_but_runs_the_model_in_that_mode(mode: str) -> None:
+    clock = Clock()
+    detector = FakeDetector(clock)
+    pipe = FusionPipeline(detector, PipelineConfig(budget_ms=50, mode=mode), clock_ns=clock)
+    pipe.add("calibration", calibration())
+    t = clock.t
+    pipe.add("radar", scan(4, t - 5 * MS))
+    pipe.add("camera", frame(9, t))
+    pipe.add("radar", scan(5, t + 70 * MS))
+    clock.t += 2 * MS
+    (out,) = pipe.step()
+    assert out.mode == mode and detector.calls[0][0] == mode
+    assert out.source_seqs == {"camera": 9, "radar": 4}
+    with pytest.raises(Exception, match="mode"):
+        PipelineConfig(mode="fused_only")
+
+
+def test_radar_points_are_moved_into_the_reference_frame_with_the_radar_calibration(setup):
+    pipe, _, clock = setup
+    mounted = np.eye(4)
+    mounted[:3, 3] = (1.5, -0.5, 0.25)  # the radar 1.5 m ahead of the reference origin
+    pipe.add(
+        "calibration",
+        Calibration(
+            sensor_id="radar",
+            sensor_to_ref=mounted,
+            intrinsics=np.zeros((3, 3)),
+            distortion=np.zeros(0),
+            capture_ns=clock.t,
+        ),
+    )
+    t = clock.t
+    pipe.add("radar", scan(0, t, n=2))
+    pipe.add("camera", frame(0, t))
+    pipe.add("radar", scan(1, t + 70 * MS))
+    clock.t += 2 * MS
+    (out,) = pipe.step()
+    np.testing.assert_allclose(out.objects["x"], [11.5, 12.5])
+    np.testing.assert_allclose(out.objects["y"], [-0.5, -0.5])
+
+
+def test_outputs_whose_health_is_past_the_threshold_are_counted(setup) -> None:
+    pipe, det, clock = setup
+    det.decode = lambda prepared, raw: (empty_detections(), {"score": 9.0, "ok": 0.0})
+    pipe.add("camera", frame(0, clock.t))
+    (out,) = pipe.step()
+    assert out.health["ok"] == 0.0 and pipe.counters["health_flagged"] == 1
+
+
+def test_replay_frames_pairs_by_the_data_whatever_the_order_of_equal_times() -> None:
+    from fusion.perception.pipeline import replay_frames
+
+    t0 = 5_000 * MS
+    messages = [("calibration", calibration())]
+    for k in range(4):
+        t = t0 + k * 100 * MS
+        pair = [("camera", frame(k, t)), ("radar", scan(k, t))]
+        messages += pair if k % 2 else pair[::-1]
+    frames = list(replay_frames(iter(messages), (160, 96)))
+    assert [f.sources for f in frames] == [{"camera": k, "radar": k} for k in range(4)]
+    assert all(f.mode == "fused" for f in frames)
+    assert frames[0].inputs.image_bgr.shape == (H, W, 3)

@@ -37,105 +37,13 @@ def random_points(n: int, seed: int) -> np.ndarray:
     return points
 
 
-def both_rasters(points, ref_to_cam=REF_TO_CAM, k=K, h=GRID_H, w=GRID_W, stride=STRIDE, **kw):
-    fast = pp.radar_image_raster(points, ref_to_cam, k, h, w, stride, **kw)
-    slow = pp.radar_image_raster_reference(points, ref_to_cam, k, h, w, stride, **kw)
-    assert fast.dtype == slow.dtype == np.float32
-    assert fast.shape == slow.shape == (len(pp.RADAR_RASTER_CHANNELS), h, w)
-    np.testing.assert_array_equal(fast, slow)
-    return fast
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_image_raster_matches_reference_on_random_points(seed: int) -> None:
-    rng = np.random.default_rng(100 + seed)
-    pillar = (float(rng.uniform(0.05, 1.0)), float(rng.uniform(0.2, 3.0)))
-    stride = int(rng.choice([1, 2, 4, 8]))
-    h, w = 256 // stride, 448 // stride
-    raster = both_rasters(random_points(5000, seed), h=h, w=w, stride=stride, pillar_size_m=pillar)
-    assert raster[0].sum() > 0
-
-
-def test_image_raster_cell_values_by_hand() -> None:
-    points = np.zeros(1, RADAR_POINT_DTYPE)
-    # 20 m ahead, 1 m left, at camera height: projects to u = 224 - 400 / 20 = 204, v = 128.
-    points[0] = (20.0, 1.0, 0.3, -5.0, 25.0, 0.0)
-    raster = both_rasters(points, pillar_size_m=(0.1, 0.1))
-    # Pillar spans u 203..205, v 127..129 -> cells col 50..51, row 31..32.
-    occupied = np.argwhere(raster[0] == 1.0)
-    assert occupied.tolist() == [[31, 50], [31, 51], [32, 50], [32, 51]]
-    cell = raster[:, 31, 50]
-    np.testing.assert_allclose(cell, [1.0, 20.0 / 50.0, -5.0 / 20.0, 25.0 / 50.0], rtol=1e-6)
-
-
-def test_image_raster_nearest_point_wins_and_ties_keep_the_first() -> None:
-    points = np.zeros(3, RADAR_POINT_DTYPE)
-    points[0] = (30.0, 0.0, 0.3, 1.0, 10.0, 0.0)
-    points[1] = (10.0, 0.0, 0.3, 2.0, 20.0, 0.0)  # same ray, nearer: wins
-    points[2] = (10.0, 0.0, 0.3, 3.0, 30.0, 0.0)  # same depth as [1], later: loses
-    raster = both_rasters(points)
-    row, col = 128 // STRIDE, 224 // STRIDE
-    assert raster[1, row, col] == np.float32(10.0 / 50.0)
-    assert raster[2, row, col] == np.float32(2.0 / 20.0)
-
-
-def test_image_raster_edge_cases() -> None:
-    empty = both_rasters(np.zeros(0, RADAR_POINT_DTYPE))
-    assert not empty.any()
-
-    behind = random_points(500, 1)
-    behind["x"] = -np.abs(behind["x"]) + 0.05  # at or behind the camera plane
-    assert not both_rasters(behind).any()
-
-    off_image = random_points(500, 2)
-    off_image["x"] = 10.0
-    off_image["y"] = np.where(off_image["y"] > 0, 1e3, -1e3)  # far beyond the image edges
-    assert not both_rasters(off_image).any()
-
-    huge = random_points(10, 3)
-    huge["y"] = 1e30  # projects to an enormous pixel coordinate: must not overflow
-    assert not both_rasters(huge).any()
-
-
-def test_image_raster_skips_non_finite_points() -> None:
-    points = random_points(2000, 4)
-    bad = np.zeros(len(points), dtype=bool)
-    bad[::7] = True
-    fields = ("x", "y", "z", "v_r", "rcs")
-    for k, i in enumerate(np.flatnonzero(bad)):
-        points[fields[k % 5]][i] = (np.nan, np.inf, -np.inf)[k % 3]
-    assert np.array_equal(pp.invalid_point_mask(points), bad)
-    raster = both_rasters(points)
-    np.testing.assert_array_equal(raster, both_rasters(points[~bad]))
-
-
-@pytest.mark.slow
-def test_image_raster_100k_points() -> None:
-    points = random_points(100_000, 5)
-    points["x"] = np.abs(points["x"]) + 1.0
-    raster = both_rasters(points)
-    assert raster[0].mean() > 0.5
-
-
-def test_image_raster_rejects_wrong_inputs() -> None:
-    with pytest.raises(ValueError, match="RADAR_POINT_DTYPE"):
-        pp.radar_image_raster(np.zeros((4, 3)), REF_TO_CAM, K, GRID_H, GRID_W, STRIDE)
-    with pytest.raises(ValueError, match="4x4"):
-        pp.radar_image_raster(random_points(3, 0), np.eye(3), K, GRID_H, GRID_W, STRIDE)
-    with pytest.raises(ValueError, match="positive"):
-        pp.radar_image_raster(random_points(3, 0), REF_TO_CAM, K, 0, GRID_W, STRIDE)
-    bad_k = K.copy()
-    bad_k[0, 0] = np.nan
-    with pytest.raises(ValueError, match="finite"):
-        pp.radar_image_raster(random_points(3, 0), REF_TO_CAM, bad_k, GRID_H, GRID_W, STRIDE)
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_bev_raster_matches_reference(seed: int) -> None:
     points = random_points(20_000, seed)
     points["x"][::50] = np.nan
-    fast = pp.radar_bev_raster(points)
-    slow = pp.radar_bev_raster_reference(points)
+    kw = {"x_range_m": (0.0, 100.0), "y_range_m": (-40.0, 40.0), "cell_m": 0.5}
+    fast = pp.radar_bev_raster(points, **kw, ground_plane=(-0.8, 0.045))
+    slow = pp.radar_bev_raster_reference(points, **kw, ground_plane=(-0.8, 0.045))
     assert fast.shape == (len(pp.BEV_RASTER_CHANNELS), 200, 160)
     np.testing.assert_array_equal(fast, slow)
     assert fast[0].sum() > 0
@@ -143,16 +51,48 @@ def test_bev_raster_matches_reference(seed: int) -> None:
 
 def test_bev_raster_cell_values_by_hand() -> None:
     points = np.zeros(3, RADAR_POINT_DTYPE)
-    points[0] = (99.9, 39.9, 1.0, 2.0, 10.0, 0.0)  # far-left corner: row 0, col 0
-    points[1] = (99.8, 39.8, 3.0, 4.0, 30.0, 0.0)  # same cell
+    points[0] = (99.9, 39.9, 1.0, 2.0, 60.0, 0.0)  # far-left corner: row 0, col 0
+    points[1] = (99.8, 39.8, 3.0, -4.0, 30.0, 0.0)  # same cell
     points[2] = (0.1, -39.9, 0.0, 0.0, 5.0, 0.0)  # near-right corner
-    raster = pp.radar_bev_raster(points)
-    np.testing.assert_array_equal(raster, pp.radar_bev_raster_reference(points))
-    np.testing.assert_allclose(
-        raster[:, 0, 0], [1.0, 2 / 8, 2.0 / 4, 3.0 / 20, 30.0 / 50], rtol=1e-6
+    kw = {"ground_plane": (0.5, 0.01), "rcs_norm": (40.0, 10.0), "v_r_scale_mps": 2.0}
+    kw |= {"x_range_m": (0.0, 100.0), "y_range_m": (-40.0, 40.0), "cell_m": 0.5}
+    raster = pp.radar_bev_raster(points, **kw)
+    np.testing.assert_array_equal(raster, pp.radar_bev_raster_reference(points, **kw))
+    ground = 0.5 + 0.01 * np.array([99.9, 99.8])
+    heights = np.array([1.0, 3.0]) - ground
+    expected = [
+        1.0,  # occupancy
+        np.log1p(2),  # log count
+        (2.0 - 1.0) / 2,  # mean rcs: (60 - 40) / 10 and (30 - 40) / 10
+        2.0,  # max rcs
+        heights.mean(),
+        heights.min(),
+        heights.max(),
+        (1.0 - 2.0) / 2,  # mean v_r / 2
+        2.0,  # max |v_r| / 2
+    ]
+    np.testing.assert_allclose(raster[:, 0, 0], expected, rtol=1e-6)
+    assert raster.shape == (len(pp.BEV_RASTER_CHANNELS), 200, 160)
+    assert raster[0, 199, 159] == 1.0 and raster[0].sum() == 2
+
+
+def test_bev_raster_skips_non_finite_points() -> None:
+    points = random_points(2000, 4)
+    bad = np.zeros(len(points), dtype=bool)
+    bad[::7] = True
+    fields = ("x", "y", "z", "v_r", "rcs")
+    for k, i in enumerate(np.flatnonzero(bad)):
+        points[fields[k % 5]][i] = (np.nan, np.inf, -np.inf)[k % 3]
+    assert np.array_equal(pp.invalid_point_mask(points), bad)
+    np.testing.assert_array_equal(pp.radar_bev_raster(points), pp.radar_bev_raster(points[~bad]))
+
+
+@pytest.mark.slow
+def test_bev_raster_100k_points() -> None:
+    points = random_points(100_000, 5)
+    np.testing.assert_array_equal(
+        pp.radar_bev_raster(points), pp.radar_bev_raster_reference(points)
     )
-    assert raster[0, 199, 159] == 1.0
-    assert raster[0].sum() == 2
 
 
 def test_bev_raster_edge_cases() -> None:
@@ -163,6 +103,10 @@ def test_bev_raster_edge_cases() -> None:
     assert not pp.radar_bev_raster_reference(outside).any()
     with pytest.raises(ValueError, match="increasing"):
         pp.radar_bev_raster(outside, x_range_m=(10.0, 0.0))
+    with pytest.raises(ValueError, match="RADAR_POINT_DTYPE"):
+        pp.radar_bev_raster(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="scale"):
+        pp.radar_bev_raster(outside, v_r_scale_mps=0.0)
     assert pp.bev_grid_shape((0.0, 50.0), (-20.0, 20.0), 0.25) == (200, 160)
 
 
@@ -188,7 +132,7 @@ def test_project_points_matches_reference_and_geometry() -> None:
     assert np.isnan(uv[depth <= pp.MIN_DEPTH_M]).all()
 
 
-IMAGE_TOLERANCE_OPENCV = 1.0 / 255.0 / min(pp.IMAGE_STD) + 1e-5
+IMAGE_TOLERANCE_OPENCV = 1.0 / min(pp.IMAGE_STD) + 1e-5
 
 
 @pytest.mark.parametrize(
@@ -216,7 +160,7 @@ def test_prepare_image_normalises_rgb_with_the_documented_constants() -> None:
     for backend in ("numba", "opencv"):
         out = pp.prepare_image(image, 30, 20, backend=backend)
         for c, value in enumerate((250, 128, 10)):
-            expected = (value / 255.0 - pp.IMAGE_MEAN[c]) / pp.IMAGE_STD[c]
+            expected = (value - pp.IMAGE_MEAN[c]) / pp.IMAGE_STD[c]
             np.testing.assert_allclose(out[c], expected, atol=1e-5)
 
 
@@ -230,14 +174,14 @@ def test_prepare_image_rejects_wrong_inputs() -> None:
 
 
 def test_kernels_are_cached_and_load_without_compiling_in_a_fresh_process() -> None:
-    kernels = [_kernels.image_raster, _kernels.bev_raster, _kernels.project_points]
+    kernels = [_kernels.bev_raster, _kernels.project_points]
     kernels.append(_kernels.prepare_image)
     assert all(not isinstance(k._cache, NullCache) for k in kernels)
     pp.warm_up()  # makes sure the cache exists
     script = (
         "from fusion.perception import preprocess, _kernels as k\n"
         "preprocess.warm_up()\n"
-        "ks = [k.image_raster, k.bev_raster, k.project_points, k.prepare_image]\n"
+        "ks = [k.bev_raster, k.project_points, k.prepare_image]\n"
         "print(sum(len(x.stats.cache_misses) for x in ks))\n"
         "print(min(len(x.stats.cache_hits) for x in ks))\n"
     )
@@ -268,20 +212,20 @@ def load_astyx_frame(root: Path, frame: int) -> tuple[np.ndarray, CameraModel]:
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("frame", [0, 57, 130, 222, 345, 445])
-def test_rasters_match_reference_on_astyx(astyx_root: Path, frame: int) -> None:
+def test_bev_raster_matches_reference_on_astyx(astyx_root: Path, frame: int) -> None:
     points, camera = load_astyx_frame(astyx_root, frame)
     model_camera = camera.scaled(512, 160)
-    raster = both_rasters(points, model_camera.ref_to_cam, model_camera.K, h=40, w=128, stride=4)
     uv, _ = pp.project_points(
         np.stack([points["x"], points["y"], points["z"]], axis=1),
         model_camera.ref_to_cam,
         model_camera.K,
     )
     assert model_camera.in_image(uv).sum() > 0.3 * len(points)
-    assert raster[0].sum() > 0
+    raster = pp.radar_bev_raster(points, ground_plane=(-0.79, 0.045))
     np.testing.assert_array_equal(
-        pp.radar_bev_raster(points), pp.radar_bev_raster_reference(points)
+        raster, pp.radar_bev_raster_reference(points, ground_plane=(-0.79, 0.045))
     )
+    assert raster[0].sum() > 50
 
 
 def test_warm_up_covers_read_only_points_from_the_wire() -> None:
@@ -294,8 +238,6 @@ def test_warm_up_covers_read_only_points_from_the_wire() -> None:
     points["x"] = np.linspace(5, 40, 50)
     _, scan = codec.decode(codec.encode("radar", RadarScan(points=points)))
     assert not scan.points.flags.writeable
-    before = len(_kernels.image_raster.signatures)
-    K = np.array([[400.0, 0, 224], [0, 400.0, 128], [0, 0, 1]])
-    ref_to_cam = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
-    pp.radar_image_raster(scan.points, ref_to_cam, K, 32, 56, 8)
-    assert len(_kernels.image_raster.signatures) == before, "a new compile on the hot path"
+    before = len(_kernels.bev_raster.signatures)
+    pp.radar_bev_raster(scan.points)
+    assert len(_kernels.bev_raster.signatures) == before, "a new compile on the hot path"

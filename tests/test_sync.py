@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fusion.errors import ConfigError
+from fusion.perception.frame import radar_points
 from fusion.perception.geometry import rotation_z
 from fusion.perception.preprocess import project_points_reference
 from fusion.perception.sync import (
@@ -14,7 +15,6 @@ from fusion.perception.sync import (
     ApproximateTimeSync,
     ego_displacement,
     motion_compensate,
-    synced_points,
 )
 from fusion.wire.messages import RADAR_POINT_DTYPE, CameraFrame, RadarScan, empty_points
 
@@ -253,7 +253,7 @@ def test_along_x_model_recovers_road_aligned_motion_and_falls_back_at_broadside(
         motion_compensate(points, 0.05, 0.0, 0.0, velocity_model="constant_turn")
 
 
-def test_synced_points_concatenates_compensated_scans() -> None:
+def test_radar_points_concatenates_compensated_scans() -> None:
     sync = ApproximateTimeSync(slop_ns=50 * MS, deadline_ns=0, match="all")
     for t in (90, 110):
         scan = radar(t)
@@ -261,9 +261,9 @@ def test_synced_points_concatenates_compensated_scans() -> None:
         sync.add_radar(scan, now_ns=t * MS)
     sync.add_camera(camera(100), now_ns=120 * MS)
     (synced,) = sync.pop_ready(120 * MS)
-    points = synced_points(synced, ego_speed_mps=10.0)
+    points = radar_points(synced, 10.0, 0.0, {})
     np.testing.assert_allclose(points["x"], [19.9, 20.1], rtol=1e-6)
-    raw = synced_points(synced, compensate=False)
+    raw = radar_points(synced, None, None, {})  # no ego motion: not compensated
     assert np.all(raw["x"] == 20.0)
 
 

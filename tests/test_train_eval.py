@@ -1,8 +1,9 @@
-"""Training loop, checkpoints and resume, the evaluation (ablation, fault AUROC) and the data
-adapters, on tiny synthetic frames; the Astyx split where the real data is present."""
+"""Learning: one data path for training and serving, augmentations that keep the sensors
+consistent, the training loop, its checkpoints and resume, evaluation and fault injection."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,174 +11,241 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.learn.train import EarlyStopping, modality_flags, train
-from fusion.model import FusionNet, load_checkpoint, synthetic
-from fusion.model.data import collate, encode_sample, samples_from_messages
-from fusion.model.losses import total_loss
-from fusion.model.network import present_flags
-from fusion.model.synthetic import tiny_config
-from fusion.wire.messages import Calibration, CameraFrame, GroundTruth, RadarScan
+from fusion.learn import augment
+from fusion.learn.config import TrainConfig
+from fusion.learn.data import LabelledFrame, labelled_frames
+from fusion.learn.evaluate import FAULTS, ablation, auroc, fault_auroc, inject_fault
+from fusion.learn.features import compute_features, load_feature_set, save_feature_set
+from fusion.learn.train import EarlyStopping, fit_ground_plane, learning_rate, train
+from fusion.model import FusionNet, load_weights
+from fusion.model.detector import Detector
+from fusion.model.inputs import encode_inputs, radar_raster
+from fusion.model.synthetic import frame, tiny_config
+from fusion.perception.pipeline import FusionPipeline, PipelineConfig
+from fusion.sim import simulate
 
-REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "astyx_hires2019"
+REPO = Path(__file__).resolve().parents[1]
 
 
-def items_of(cfg, n: int, seed: int, prefix: str = "s") -> list[dict]:
+def synthetic_frames(n: int, seed: int = 0) -> list[LabelledFrame]:
     rng = np.random.default_rng(seed)
-    return [
-        encode_sample(synthetic.sample(rng, 3, 320, 160, key=f"{prefix}/{i}"), cfg)
-        for i in range(n)
-    ]
+    out = []
+    for k in range(n):
+        f = frame(rng, n_boxes=3, max_range_m=22.0)
+        out.append(LabelledFrame(f.inputs, f.boxes, f"synthetic-{k // 4}", f"synthetic/{k}"))
+    return out
 
 
-def test_a_few_steps_reduce_the_loss_on_a_tiny_batch():
+@pytest.fixture(scope="module")
+def features():
     cfg = tiny_config()
-    torch.manual_seed(0)
-    model = FusionNet(cfg)
-    b = collate(items_of(cfg, 4, 0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    present = present_flags("fused", 4)
-    losses = []
-    for _ in range(8):
-        out = model(
-            b["image"],
-            b["point_features"],
-            b["point_cells"],
-            b["point_valid"],
-            b["raster"],
-            present,
-        )
-        loss, _ = total_loss(out, b["targets"], cfg)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    assert losses[-1] < 0.8 * losses[0], losses
+    return compute_features(synthetic_frames(12), cfg, "synthetic 12"), cfg
 
 
-def test_modality_dropout_rates():
-    cfg = tiny_config(camera_dropout=0.2, radar_dropout=0.3)
-    flags = modality_flags(20000, cfg, torch.Generator().manual_seed(0))
-    assert flags.sum(1).min() >= 1  # never both dropped
-    assert abs((flags[:, 0] == 0).float().mean() - 0.2) < 0.02
-    assert abs((flags[:, 1] == 0).float().mean() - 0.3) < 0.02
+# ------------------------------------------------------------------------ one data path
 
 
-def test_early_stopping_counts_epochs_without_improvement():
-    stopper = EarlyStopping(patience=2)
-    assert stopper.update(0.1) and stopper.update(0.2)
-    assert not stopper.update(0.2) and not stopper.should_stop
-    assert not stopper.update(0.15) and stopper.should_stop
+class _Recording(Detector):
+    """The real detector, keeping the inputs each frame was preprocessed into."""
+
+    def preprocess(self, image_bgr, radar_points, camera_model):
+        prepared = super().preprocess(image_bgr, radar_points, camera_model)
+        self.seen.append(prepared.inputs)
+        return prepared
+
+
+def test_training_samples_are_the_inputs_the_fusion_node_runs_on() -> None:
+    """One simulated drive through the fusion node's pipeline with a real detector (as the node
+    runs it) and through the training data path: every frame's network inputs are identical,
+    bit for bit (same sync, motion compensation, radar calibration, image decode, rasters)."""
+    model = FusionNet(tiny_config()).eval()
+    detector = _Recording(model, device="cpu", backend="torch")
+    detector.seen = []
+    messages = list(simulate("city", seed=3, duration_s=1.5))
+    now = [0]
+    pipeline = FusionPipeline(
+        detector, PipelineConfig(drop_stale=False, sync_deadline_ms=1e9), clock_ns=lambda: now[0]
+    )
+    outputs = []
+    for topic, msg in messages:  # in data time, stepping once per log time, as lock-step does
+        if msg.capture_ns > now[0]:
+            outputs += pipeline.step(now[0])
+            now[0] = msg.capture_ns
+        pipeline.add(topic, msg, now[0])
+    outputs += pipeline.step(now[0] + 10**10)
+    served = {
+        out.source_seqs["camera"]: inputs
+        for out, inputs in zip(outputs, detector.seen, strict=True)
+    }
+    cfg = model.cfg
+    frames = list(labelled_frames(iter(messages), (cfg.input_w, cfg.input_h), "city"))
+    assert len(frames) > 20 and len(served) == len(outputs)
+    for f in frames:
+        trained = encode_inputs(f.inputs, cfg)
+        node = served[int(f.key.rsplit("/", 1)[1])]
+        for name in ("image", "raster", "grid"):
+            np.testing.assert_array_equal(trained[name], node[name], err_msg=name)
+
+
+def test_training_frames_pair_each_camera_frame_with_its_own_scan_whatever_the_order() -> None:
+    """Camera before radar at the same log time (as the Astyx importer writes them) pairs like
+    radar before camera."""
+    messages = list(simulate("highway", seed=5, duration_s=1.0))
+    cfg = tiny_config()
+    size = (cfg.input_w, cfg.input_h)
+    camera_first = sorted(messages, key=lambda tm: (tm[1].capture_ns, tm[0] != "camera"))
+    radar_first = sorted(messages, key=lambda tm: (tm[1].capture_ns, tm[0] != "radar"))
+    a = list(labelled_frames(iter(camera_first), size, "a"))
+    b = list(labelled_frames(iter(radar_first), size, "a"))
+    assert [f.key for f in a] == [f.key for f in b] and len(a) > 5
+    for fa, fb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(fa.inputs.points, fb.inputs.points)
+
+
+# ------------------------------------------------------------------------ augmentation
+
+
+def test_mirror_flips_the_image_coordinates_of_everything() -> None:
+    f = frame(np.random.default_rng(2))
+    camera = f.inputs.camera
+    points, boxes, mirrored = augment.mirror(f.inputs.points, f.boxes, camera)
+    xyz = np.stack([f.inputs.points[k] for k in "xyz"], axis=1).astype(np.float64)
+    xyz_m = np.stack([points[k] for k in "xyz"], axis=1).astype(np.float64)
+    uv, depth = camera.project(xyz)
+    uv_m, depth_m = mirrored.project(xyz_m)
+    np.testing.assert_allclose(uv_m[:, 0], camera.width_px - 1 - uv[:, 0], atol=1e-6)
+    np.testing.assert_allclose(uv_m[:, 1], uv[:, 1], atol=1e-6)
+    np.testing.assert_allclose(depth_m, depth, atol=1e-9)
+    np.testing.assert_allclose(boxes["yaw"], -f.boxes["yaw"])
+    cfg = tiny_config()  # a y range symmetric about 0: the raster's columns reverse
+    np.testing.assert_array_equal(
+        radar_raster(points, cfg), radar_raster(f.inputs.points, cfg)[:, :, ::-1]
+    )
+
+
+def test_similarity_keeps_every_point_where_the_camera_sees_it() -> None:
+    f = frame(np.random.default_rng(3))
+    camera = f.inputs.camera
+    points, boxes, moved = augment.similarity(f.inputs.points, f.boxes, camera, 0.08, 1.04, 1.5)
+    for before, after in ((f.inputs.points, points), (f.boxes, boxes)):
+        xyz = np.stack([before[k] for k in "xyz"], axis=1).astype(np.float64)
+        xyz_m = np.stack([after[k] for k in "xyz"], axis=1).astype(np.float64)
+        np.testing.assert_allclose(moved.project(xyz_m)[0], camera.project(xyz)[0], atol=1e-3)
+    np.testing.assert_allclose(boxes["l"], f.boxes["l"] * 1.04, rtol=1e-6)
+    assert not np.allclose(points["x"], f.inputs.points["x"])
+
+
+def test_radar_noise_drops_and_jitters() -> None:
+    points = frame(np.random.default_rng(4)).inputs.points
+    out = augment.radar_noise(points, np.random.default_rng(0), 0.5, 0.05)
+    assert 0.4 * len(points) <= len(out) <= len(points)
+    assert len(augment.radar_noise(points[:0], np.random.default_rng(0), 0.5, 0.05)) == 0
+
+
+# ------------------------------------------------------------------------ training
+
+
+def test_training_fits_writes_and_resumes(tmp_path, features) -> None:
+    fs, cfg = features
+    tcfg = TrainConfig(
+        data="sim", epochs=2, batch_size=4, lr=3e-3, out=str(tmp_path / "run"), progress=False
+    )
+    result = train(cfg, tcfg, fs.subset(range(8)), fs.subset(range(8, 12)))
+    run = tmp_path / "run"
+    for name in ("best.safetensors", "last.safetensors", "final.safetensors", "log.csv"):
+        assert (run / name).exists(), name
+    assert result.epochs_run == 2 and len(result.history) == 2
+    losses = [r["loss_heatmap"] for r in result.history]
+    assert losses[1] < losses[0]
+    model, meta = load_weights(run / "best.safetensors")
+    assert TrainConfig.from_json(meta["train_config"]).epochs == 2
+    assert {"data", "code_version", "seed"} <= set(meta)
+    assert model.cfg.health and math.isfinite(model.cfg.health_threshold)  # calibrated
+    assert model.cfg.ground_plane == pytest.approx(fit_ground_plane(fs.subset(range(8)), cfg))
+    more = TrainConfig(**{**json.loads(tcfg.to_json()), "epochs": 3})
+    resumed = train(cfg, more, fs.subset(range(8)), fs.subset(range(8, 12)), resume=True)
+    assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    rates = [learning_rate(s, 100, 1.0) for s in range(100)]
+    assert rates[0] < rates[9] == pytest.approx(1.0, abs=0.1) and rates[-1] < 0.05
+
+
+def test_early_stopping_counts_epochs_without_improvement() -> None:
+    stop = EarlyStopping(patience=2)
+    assert stop.update(0.1) and not stop.update(0.1) and not stop.should_stop
+    assert not stop.update(0.05) and stop.should_stop
+
+
+def test_train_config_checks_and_round_trips() -> None:
+    with pytest.raises(Exception, match="data"):
+        TrainConfig(data="mnist")
+    cfg = TrainConfig(epochs=3, sim_seeds=(1, 2))
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    assert "epochs" in cfg.describe()
+
+
+def test_feature_cache_round_trips(tmp_path, features) -> None:
+    fs, _ = features
+    save_feature_set(fs, tmp_path / "f.safetensors")
+    back = load_feature_set(tmp_path / "f.safetensors")
+    torch.testing.assert_close(back.maps, fs.maps)
+    for a, b in zip(back.frames, fs.frames, strict=True):
+        np.testing.assert_array_equal(a.inputs.points, b.inputs.points)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.inputs.camera.K, b.inputs.camera.K)
+        assert a.key == b.key
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def test_ablation_scores_every_mode_and_the_baseline(features) -> None:
+    fs, cfg = features
+    results = ablation(FusionNet(cfg).eval(), fs, ("car",))
+    assert set(results) == {"fused", "camera_only", "radar_only", "radar_dbscan_baseline"}
+    assert all(0.0 <= r.mean_ap <= 1.0 for r in results.values())
+
+
+def test_faults_change_the_right_sensor() -> None:
+    frames = [f.inputs for f in synthetic_frames(2)]
+    rng = np.random.default_rng(0)
+    for fault in FAULTS:
+        out = inject_fault(frames[1], frames[0], fault, rng)
+        image_changed = not np.array_equal(out.image_bgr, frames[1].image_bgr)
+        assert image_changed == fault.startswith("camera_"), fault
+    assert inject_fault(frames[1], frames[0], "camera_frozen", rng).image_bgr is frames[0].image_bgr
+    assert len(inject_fault(frames[1], frames[0], "radar_blackout", rng).points) == 0
+
+
+def test_fault_auroc_is_deterministic_and_covers_every_fault(features) -> None:
+    fs, cfg = features
+    model = FusionNet(cfg).eval()
+    a = fault_auroc(model, fs.frames[:6])
+    b = fault_auroc(model, fs.frames[:6])
+    assert a == b and set(a) == set(FAULTS)
+    assert all(0.0 <= v["auroc"] <= 1.0 for v in a.values())
+
+
+def test_auroc_hand_cases() -> None:
+    assert auroc([0, 1], [2, 3]) == 1.0 and auroc([2, 3], [0, 1]) == 0.0
+    assert auroc([1, 1], [1, 1]) == 0.5 and math.isnan(auroc([], [1]))
+
+
+# ------------------------------------------------------------------------ command line
 
 
 @pytest.mark.slow
-def test_train_writes_checkpoints_and_log_and_resumes(tmp_path):
-    cfg = tiny_config(class_names=("car",))
-    train_items, val_items = items_of(cfg, 6, 0), items_of(cfg, 3, 1, "v")
-    kwargs = {"batch_size": 3, "lr": 3e-3, "patience": 5, "seed": 0, "progress": False}
-    first = train(cfg, train_items, val_items, tmp_path, epochs=2, **kwargs)
-    assert first.epochs_run == 2 and (tmp_path / "best.pt").exists()
-    _, state = load_checkpoint(tmp_path / "last.pt")
-    assert state["epoch"] == 1 and {"optimizer", "early_stopping", "generator"} <= set(state)
-    assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs
-    resumed = train(
-        tiny_config(class_names=("car",)),
-        train_items,
-        val_items,
-        tmp_path,
-        epochs=3,
-        resume=True,
-        **kwargs,
-    )
-    assert resumed.epochs_run == 3
-    _, state = load_checkpoint(tmp_path / "last.pt")
-    assert state["epoch"] == 2
-    assert len((tmp_path / "log.csv").read_text().splitlines()) == 4
-    model, best = load_checkpoint(tmp_path / "best.pt")
-    assert model.cfg.point_std != tiny_config().point_std  # statistics from the training data
-    assert math.isfinite(best["best_metric"])
+def test_fusion_train_runs_on_auto_device(tmp_path) -> None:
+    """`fusion train --device auto` (it crashed in `model.to("auto")` before) on a short
+    simulated drive, then `fusion eval` of its weights."""
+    from fusion.cli import main
 
-
-def test_ablation_scores_every_mode_and_the_baseline_on_the_same_frames():
-    from fusion.learn.evaluate import ablation
-
-    cfg = tiny_config(class_names=("car",))
-    items = items_of(cfg, 2, 4)
-    results = ablation(FusionNet(cfg), items, ("car",))
-    assert set(results) == {"fused", "camera_only", "radar_only", "radar_dbscan_baseline"}
-    n_gt = {r.classes["car"].n_gt for r in results.values()}
-    assert n_gt == {6}  # 3 cars per frame, all in range and in view
-    for r in results.values():
-        assert 0.0 <= r.mean_ap <= 1.0
-
-
-def test_auroc_hand_cases():
-    from fusion.learn.evaluate import auroc
-
-    assert auroc(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == 1.0
-    assert auroc(np.array([0.3, 0.4]), np.array([0.1, 0.2])) == 0.0
-    assert auroc(np.array([0.1, 0.3]), np.array([0.2, 0.4])) == 0.75
-    assert auroc(np.array([1.0]), np.array([1.0])) == 0.5
-
-
-def test_fault_injection_changes_the_right_inputs_and_scores_are_deterministic():
-    from fusion.learn.evaluate import FAULTS, fault_auroc, inject_fault
-
-    cfg = tiny_config(class_names=("car",))
-    item = items_of(cfg, 1, 5)[0]
-    rng = np.random.default_rng(0)
-    for fault in FAULTS:
-        faulty = inject_fault(item, fault, cfg, rng)
-        image_changed = not np.array_equal(faulty["image"], item["image"])
-        assert image_changed == fault.startswith("camera_"), fault
-    assert len(inject_fault(item, "radar_blackout", cfg, rng)["point_cells"]) == 0
-    model = FusionNet(cfg).eval()
-    a = fault_auroc(model, items_of(cfg, 3, 6))
-    b = fault_auroc(model, items_of(cfg, 3, 6))
-    assert a == b and set(a) == set(FAULTS)
-    assert all(0.0 <= v["auroc"] <= 1.0 and math.isfinite(v["fault_mean"]) for v in a.values())
-
-
-def test_messages_adapter_pairs_nearest_radar_scan_and_ground_truth():
-    rng = np.random.default_rng(0)
-    s = synthetic.sample(rng, 2, 320, 160)
-    calib = Calibration(
-        sensor_id="cam",
-        sensor_to_ref=s.camera.cam_to_ref,
-        intrinsics=s.camera.K,
-        distortion=np.zeros(5),
-        width_px=320,
-        height_px=160,
-    )
-    far_points = s.points.copy()
-    far_points["x"] += 100
-    stream = [
-        ("calibration", calib),
-        ("radar", RadarScan(points=far_points, capture_ns=0, sensor_id="radar")),
-        ("camera", CameraFrame(image=s.image_bgr, capture_ns=90_000_000, sensor_id="cam", seq=7)),
-        ("ground_truth", GroundTruth(boxes=s.gt_boxes, capture_ns=90_000_000)),
-        ("radar", RadarScan(points=s.points, capture_ns=100_000_000, sensor_id="radar")),
-        ("camera", CameraFrame(image=s.image_bgr, capture_ns=900_000_000, sensor_id="cam")),
-    ]
-    samples = list(samples_from_messages(stream, sequence="d"))
-    assert len(samples) == 1  # the second frame has no scan within 100 ms
-    assert samples[0].key == "d/7"
-    np.testing.assert_array_equal(samples[0].points, s.points)
-    np.testing.assert_array_equal(samples[0].gt_boxes, s.gt_boxes)
-    np.testing.assert_allclose(samples[0].camera.ref_to_cam, s.camera.ref_to_cam, atol=1e-12)
-
-
-@pytest.mark.realdata
-@pytest.mark.skipif(not REALDATA.exists(), reason=f"Astyx data not at {REALDATA}")
-def test_astyx_split_is_by_whole_runs_and_disjoint():
-    from fusion.datasets.astyx import sequence_ids
-    from fusion.learn.data import astyx_split
-
-    parts = astyx_split(REALDATA)
-    runs = sequence_ids(REALDATA)
-    sets = {k: set(v) for k, v in parts.items()}
-    assert sum(len(v) for v in sets.values()) == len(runs)
-    assert not (sets["train"] & sets["val"]) and not (sets["val"] & sets["test"])
-    run_sets = {k: {runs[i] for i in v} for k, v in sets.items()}
-    assert not (run_sets["train"] & run_sets["val"]) and not (run_sets["val"] & run_sets["test"])
-    assert 0.18 <= len(sets["test"]) / len(runs) <= 0.3
-    assert max(sets["train"]) < min(sets["val"]) <= max(sets["val"]) < min(sets["test"])
+    out = tmp_path / "run"
+    args = ["--sim-seeds", "11", "--val-seeds", "100", "--sim-duration", "1.2", "--epochs", "1"]
+    common = ["--cache-dir", str(tmp_path / "cache"), "--device", "auto"]
+    assert main(["train", *args, *common, "--out", str(out), "--no-progress"]) == 0
+    assert (out / "best.safetensors").exists()
+    evaluated = ["eval", "--weights", str(out / "best.safetensors"), "--sim-seeds", "100"]
+    assert main([*evaluated, "--sim-duration", "1.2", *common, "--part", "val"]) == 0

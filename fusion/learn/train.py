@@ -1,21 +1,26 @@
-"""Training: fit the fusion model on encoded frames (`fusion.learn.data`), keep the best.
+"""Training: fit the fusion model on a `FeatureSet`, keep the best, calibrate its health score.
 
-One flat loop: Adam with a cosine learning rate, modality dropout (a sample loses its camera or
-its radar features, so one set of weights serves the fused, camera-only and radar-only modes),
-a validation pass each epoch scored with `fusion.learn.metrics` (mean AP, fused mode), the best
-checkpoint kept by that score, early stopping after `patience` epochs without improvement, a
-``log.csv`` row per epoch and a tqdm bar with the losses. ``last.pt`` is written every epoch;
-``--resume`` continues from it (model, optimiser, schedule, early-stopping state, RNG).
+One flat loop, nanoGPT-style, every setting in a `TrainConfig`: AdamW with a one-cycle learning
+rate, an exponential moving average (EMA) of the weights that is what gets validated and kept,
+modality dropout (a sample loses its camera or its radar, so one set of weights serves the fused,
+camera-only and radar-only modes), augmentations consistent across sensors
+(`fusion.learn.augment`), a validation pass each epoch (fused mean AP, `fusion.learn.evaluate`),
+the best EMA weights kept as ``best.safetensors``, early stopping after ``patience`` epochs
+without improvement, a ``log.csv`` row per epoch and a tqdm bar. ``last.safetensors`` holds the
+whole training state every epoch; ``resume`` continues from it. At the end the health score is
+calibrated on the validation frames (`fusion.model.health.calibrate`) and written into the best
+weights' config, with the train config, data, code version and seed in their header.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
+import json
 import logging
 import math
-import random
+import subprocess
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +28,15 @@ import numpy as np
 import torch
 
 from fusion.errors import ConfigError
-from fusion.learn.data import input_camera
+from fusion.learn.batches import collate, modality_flags, sample
+from fusion.learn.config import TrainConfig
 from fusion.learn.evaluate import predict, score
+from fusion.learn.features import FeatureSet
 from fusion.model.config import ModelConfig
-from fusion.model.data import collate, encode_targets
-from fusion.model.detector import load_checkpoint, save_checkpoint
+from fusion.model.health import calibrate
 from fusion.model.losses import total_loss
 from fusion.model.network import FusionNet
+from fusion.model.weights import save_weights
 
 log = logging.getLogger(__name__)
 
@@ -68,102 +75,70 @@ class TrainResult:
     best_path: Path
     epochs_run: int
     seconds: float
+    history: list[dict[str, float]]
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def fit_ground_plane(features: FeatureSet, cfg: ModelConfig) -> tuple[float, float]:
+    """Least-squares plane z = a + b * x through the centres of the training boxes of the
+    model's classes (a radar pitched down sees the road rise with range); (0, 0) with fewer
+    than 10 boxes."""
+    from fusion.wire.messages import CLASS_NAMES
 
-
-def retarget(items: Sequence[dict], cfg: ModelConfig) -> None:
-    """Re-derive the training targets from each cached frame's ground truth (cheap), so target
-    settings (range, radius, classes) never need the frames re-encoded."""
-    for it in items:
-        it["targets"] = encode_targets(it["gt_boxes"], input_camera(it), cfg)
-
-
-def point_statistics(items: Sequence[dict]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std of the 6 raw point fields over the training points."""
-    raw = np.concatenate([it["point_features"][:, :6] for it in items] or [np.zeros((1, 6))])
-    if not len(raw):
-        raw = np.zeros((1, 6))
-    std = np.maximum(raw.std(axis=0), 1e-3)
-    return tuple(float(v) for v in raw.mean(axis=0)), tuple(float(v) for v in std)
-
-
-def fit_radar_offset(items: Sequence[dict], default: tuple[float, float]) -> tuple[float, float]:
-    """Least-squares (a, b) in: centre range - median range of the radar points inside the
-    (0.3 m enlarged) box = a + b * (the box's half extent along the viewing ray), over the
-    training boxes with 2 or more points; `default` when there are fewer than 20 such boxes."""
-    extents, offsets = [], []
-    for it in items:
-        p = it["points"]
-        px, py, pz = (p[k].astype(np.float64) for k in ("x", "y", "z"))
-        for b in it["gt_boxes"]:
-            cos, sin = math.cos(b["yaw"]), math.sin(b["yaw"])
-            dx, dy = px - b["x"], py - b["y"]
-            inside = (
-                (np.abs(cos * dx + sin * dy) < b["l"] / 2 + 0.3)
-                & (np.abs(-sin * dx + cos * dy) < b["w"] / 2 + 0.3)
-                & (np.abs(pz - b["z"]) < b["h"] / 2 + 0.3)
-            )
-            if inside.sum() < 2:
-                continue
-            alpha = b["yaw"] - math.atan2(b["y"], b["x"])
-            extents.append(abs(b["l"] / 2 * math.cos(alpha)) + abs(b["w"] / 2 * math.sin(alpha)))
-            offsets.append(math.hypot(b["x"], b["y"]) - np.median(np.hypot(px[inside], py[inside])))
-    if len(offsets) < 20:
-        return default
-    design = np.stack([np.ones(len(extents)), extents], axis=1)
-    a, b = np.linalg.lstsq(design, np.asarray(offsets), rcond=None)[0]
+    wanted = [CLASS_NAMES.index(n) for n in cfg.class_names]
+    boxes = [f.boxes[np.isin(f.boxes["class_id"], wanted)] for f in features.frames]
+    joined = np.concatenate(boxes) if boxes else np.zeros(0)
+    if len(joined) < 10:
+        return (0.0, 0.0)
+    design = np.stack([np.ones(len(joined)), joined["x"].astype(np.float64)], axis=1)
+    a, b = np.linalg.lstsq(design, joined["z"].astype(np.float64), rcond=None)[0]
     return float(a), float(b)
 
 
-def modality_flags(batch: int, cfg: ModelConfig, generator: torch.Generator) -> torch.Tensor:
-    """(B, 2) camera/radar-present flags with modality dropout: each sample loses its camera with
-    probability `camera_dropout`, else its radar with probability `radar_dropout`."""
-    r = torch.rand(batch, generator=generator)
-    camera = (r >= cfg.camera_dropout).float()
-    radar = ((r < cfg.camera_dropout) | (r >= cfg.camera_dropout + cfg.radar_dropout)).float()
-    return torch.stack([camera, radar], dim=1)
-
-
-def photometric_jitter(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random per-sample contrast (x0.75..1.25) and brightness (+-0.25 std) on the normalised
-    image: the Astyx frames vary in exposure more than 300 training frames show."""
-    b = image.shape[0]
-    gain = 0.75 + 0.5 * torch.rand(b, 1, 1, 1, generator=generator)
-    bias = 0.5 * torch.rand(b, 1, 1, 1, generator=generator) - 0.25
-    return image * gain.to(image.device) + bias.to(image.device)
-
-
-def learning_rate(step: int, total_steps: int, peak_lr: float, warmup_steps: int = 50) -> float:
-    """Linear warm-up to `peak_lr`, then cosine decay to 1 % of it at `total_steps` (a function
-    of the step alone, so a resumed run with more epochs just stretches the tail)."""
-    if step < warmup_steps:
-        return peak_lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+def learning_rate(step: int, total_steps: int, peak_lr: float) -> float:
+    """One cycle: linear warm-up over the first 10 % of steps to `peak_lr`, then cosine down to
+    1 % of it (a function of the step alone, so a resumed run continues the same curve)."""
+    warmup = max(1, total_steps // 10)
+    if step < warmup:
+        return peak_lr * (0.04 + 0.96 * step / warmup)
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     return peak_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def forward_batch(model: FusionNet, batch: dict, present: torch.Tensor) -> dict:
-    return model(
-        batch["image"],
-        batch["point_features"],
-        batch["point_cells"],
-        batch["point_valid"],
-        batch["raster"],
-        present.to(batch["image"].device),
-    )
+def code_version() -> str:
+    """``git describe`` of the checkout the code runs from ('unknown' outside a checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
-def validate(
-    model: FusionNet, items: Sequence[dict], classes: Sequence[str], precision: str = "fp32"
-) -> dict:
-    """Validation scores in fused mode: mean AP (the selection metric) and AP per threshold."""
-    detections, _ = predict(model, items, "fused", precision=precision)
-    result = score(items, detections, classes)
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for but CUDA is not available; use cpu/auto")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def update_ema(ema: FusionNet, model: FusionNet, decay: float) -> None:
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+        if e.dtype.is_floating_point:
+            e.mul_(decay).add_(m.detach(), alpha=1 - decay)
+        else:
+            e.copy_(m)
+
+
+def validate(model: FusionNet, val: FeatureSet) -> dict[str, float]:
+    """Fused-mode validation scores: mean AP (the selection metric) and AP per threshold."""
+    result = score(val.frames, predict(model, val, "fused")[0], model.cfg.class_names)
     return {
         "mean_ap": result.mean_ap,
         **{f"ap@{t:g}": result.ap_at(t) for t in result.thresholds_m},
@@ -172,153 +147,205 @@ def validate(
 
 def train(
     cfg: ModelConfig,
-    train_items: Sequence[dict],
-    val_items: Sequence[dict],
-    out_dir: Path,
+    tcfg: TrainConfig,
+    train_set: FeatureSet,
+    val_set: FeatureSet,
     *,
-    epochs: int = 30,
-    batch_size: int = 8,
-    lr: float = 2e-3,
-    patience: int = 6,
-    seed: int = 0,
     resume: bool = False,
-    device: str = "cpu",
-    data_description: str = "",
-    max_minutes: float | None = None,
-    progress: bool = True,
-    bf16: bool = False,
-    weight_decay: float = 1e-4,
-    point_dropout: float = 0.2,
 ) -> TrainResult:
-    """Train, validating each epoch; returns where the best checkpoint is. `bf16` trains under
-    bfloat16 autocast with channels_last (several times faster on CPUs with native bf16).
-    `point_dropout` hides that fraction of each frame's radar points from the point encoder."""
+    """Train, validating each epoch; returns where the best weights are (see the module
+    docstring)."""
     from tqdm import tqdm
 
-    if not train_items or not val_items:
+    if not len(train_set) or not len(val_set):
         raise ConfigError(
-            f"need training and validation frames, got {len(train_items)} and {len(val_items)}"
+            f"need training and validation frames, got {len(train_set)} and {len(val_set)}"
         )
+    out_dir = Path(tcfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed)
-    retarget(train_items, cfg)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    stopper = EarlyStopping(patience)
-    start_epoch = 0
-    if resume and last_path.exists():
-        model, state = load_checkpoint(last_path)
-        cfg = model.cfg
+    torch.manual_seed(tcfg.seed)
+    device = resolve_device(tcfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(tcfg.threads)
+    last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
+    resuming = resume and last_path.exists()
+    if resuming:
+        cfg = training_state_config(last_path)
     else:
-        cfg.point_mean, cfg.point_std = point_statistics(train_items)
-        cfg.radar_refine_offset_m = fit_radar_offset(train_items, cfg.radar_refine_offset_m)
-        model, state = FusionNet(cfg), None
-    model.to(device)
-    if bf16:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(train_items) / batch_size)
-    total_steps = epochs * steps_per_epoch
-    generator = torch.Generator().manual_seed(seed)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        cfg = copy.deepcopy(cfg)
+        cfg.ground_plane = fit_ground_plane(train_set, cfg)
+    model = FusionNet(cfg).to(device)
+    ema = copy.deepcopy(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    stopper = EarlyStopping(tcfg.patience)
+    rng = np.random.default_rng(tcfg.seed)
+    step, start_epoch, history = 0, 0, []
+    if resuming:
+        state = load_training_state(last_path, model, ema, optimizer)
         stopper.load_state_dict(state["early_stopping"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch = state["epoch"] + 1
+        rng.bit_generator.state = state["rng"]
+        step, start_epoch, history = state["step"], state["epoch"] + 1, state["history"]
         log.info("resumed from %s at epoch %d (best %.4f)", last_path, start_epoch, stopper.best)
-    classes = cfg.class_names
-    log_path = out_dir / "log.csv"
+    steps_per_epoch = math.ceil(len(train_set) / tcfg.batch_size)
+    total_steps = tcfg.epochs * steps_per_epoch
+    metadata = {
+        "train_config": tcfg.to_json(),
+        "data": json.dumps({"train": train_set.description, "val": val_set.description}),
+        "code_version": code_version(),
+        "seed": str(tcfg.seed),
+    }
     started = time.monotonic()
     epoch = start_epoch - 1
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, tcfg.epochs):
         model.train()
-        order = torch.randperm(len(train_items), generator=generator).tolist()
+        order = rng.permutation(len(train_set))
         sums: dict[str, float] = {}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", disable=not progress, leave=False)
-        for step in bar:
-            chunk = [train_items[i] for i in order[step * batch_size : (step + 1) * batch_size]]
-            batch = collate(chunk, device)
-            image = photometric_jitter(batch["image"], generator)
-            batch["image"] = image.contiguous(memory_format=torch.channels_last) if bf16 else image
-            present = modality_flags(len(chunk), cfg, generator)
-            keep = torch.rand(batch["point_valid"].shape, generator=generator) >= point_dropout
-            batch["point_valid"] = batch["point_valid"] & keep.to(device)
-            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
-                out = forward_batch(model, batch, present)
-                loss, parts = total_loss(out, batch["targets"], cfg, present.prod(1).to(device))
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch}", disable=not tcfg.progress, leave=False
+        )
+        for k in bar:
+            chunk = order[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]
+            batch = collate([sample(train_set, int(i), cfg, tcfg, rng) for i in chunk], device)
+            present = modality_flags(len(chunk), cfg, rng).to(device)
+            out = model.from_early(
+                batch["f8"], batch["f16"], batch["f32"], batch["raster"], batch["grid"], present
+            )
+            loss, parts = total_loss(out, batch["targets"], present, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(epoch * steps_per_epoch + step, total_steps, lr)
+                group["lr"] = learning_rate(step, total_steps, tcfg.lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
-            parts["loss"] = float(loss.detach())
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{parts['loss']:.3f}", hm=f"{parts['heatmap']:.3f}")
-        model.eval()
-        metrics = validate(model, val_items, classes, "bf16" if bf16 else "fp32")
-        improved = stopper.update(metrics["mean_ap"])
+            step += 1
+            update_ema(ema, model, min(tcfg.ema_decay, (1 + step) / (10 + step)))
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + value
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        scores = validate(ema, val_set)
         row = {
             "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
-            **{f"val_{k}": v for k, v in metrics.items()},
-            "seconds": time.monotonic() - started,
+            "seconds": round(time.monotonic() - started, 1),
+            **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()},
+            **{f"val_{k}": v for k, v in scores.items()},
         }
-        new_log = not log_path.exists() or epoch == 0
-        with log_path.open("w" if new_log else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new_log:
-                writer.writeheader()
-            writer.writerow(row)
-        log.info(
-            "epoch %d: loss %.3f val mAP %.4f%s",
-            epoch,
-            row["train_loss"],
-            metrics["mean_ap"],
-            " (best)" if improved else "",
-        )
-        extra = {
-            "epoch": epoch,
-            "best_metric": stopper.best,
-            "metrics": metrics,
-            "data": data_description,
-        }
+        history.append(row)
+        _append_csv(out_dir / "log.csv", row)
+        improved = stopper.update(scores["mean_ap"])
         if improved:
-            save_checkpoint(best_path, model, **extra)
-        save_checkpoint(
-            last_path,
-            model,
-            optimizer=optimizer.state_dict(),
-            early_stopping=stopper.state_dict(),
-            generator=generator.get_state(),
-            torch_rng=torch.get_rng_state(),
-            **extra,
+            save_weights(best_path, ema, **metadata, best_metric=scores, epoch=epoch)
+        save_training_state(
+            last_path, model, ema, optimizer, epoch, step, stopper, rng, history, metadata
         )
-        if stopper.should_stop:
-            log.info("early stop: no improvement for %d epochs", stopper.patience)
+        log.info(
+            "epoch %d: val mAP %.4f%s (%.0f s)",
+            epoch,
+            scores["mean_ap"],
+            " (best)" if improved else "",
+            time.monotonic() - started,
+        )
+        out_of_time = tcfg.max_minutes and time.monotonic() - started > tcfg.max_minutes * 60
+        if stopper.should_stop or out_of_time:
             break
-        if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
-            log.info("stopping: time budget of %.0f min reached", max_minutes)
-            break
-    return TrainResult(stopper.best, best_path, epoch + 1, time.monotonic() - started)
+    save_weights(out_dir / "final.safetensors", ema, **metadata, epoch=epoch)
+    best = calibrate_health(best_path, val_set, device)
+    return TrainResult(stopper.best, best, epoch + 1, time.monotonic() - started, history)
 
 
-def export_weights(checkpoint: Path, out: Path) -> None:
-    """A checkpoint's model and config as a small fp16 file (the committed default weights)."""
-    model, state = load_checkpoint(checkpoint)
-    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "format": state["format"],
-            "config": state["config"],
-            "model": half,
-            "epoch": state.get("epoch"),
-            "best_metric": state.get("best_metric"),
-            "metrics": state.get("metrics"),
-            "data": state.get("data"),
-        },
-        out,
-    )
+def calibrate_health(weights_path: Path, val_set: FeatureSet, device: torch.device) -> Path:
+    """Measure the health cues on the clean validation frames and store their statistics and
+    the flagging threshold in the weights' config."""
+    from fusion.model.weights import load_weights
+
+    model, metadata = load_weights(weights_path)
+    model.to(device)
+    _, reports = predict(model, val_set, "fused")
+    model.cfg.health, model.cfg.health_threshold = calibrate(reports)
+    extra = {k: v for k, v in metadata.items() if k not in ("format", "config", "backbone_sha256")}
+    save_weights(weights_path, model, **extra)
+    return weights_path
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+# --------------------------------------------------------------------------- training state
+
+
+def save_training_state(
+    path: Path,
+    model: FusionNet,
+    ema: FusionNet,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    step: int,
+    stopper: EarlyStopping,
+    rng: np.random.Generator,
+    history: list[dict],
+    metadata: dict[str, str],
+) -> None:
+    """Everything `resume` needs, as safetensors tensors plus a JSON header (no pickle)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
+    optim = optimizer.state_dict()
+    for index, state in optim["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
+    tensors["torch_rng"] = torch.get_rng_state()
+    header = {
+        "config": model.cfg.to_json(),
+        "param_groups": json.dumps(optim["param_groups"]),
+        "epoch": str(epoch),
+        "step": str(step),
+        "early_stopping": json.dumps(stopper.state_dict()),
+        "rng": json.dumps(rng.bit_generator.state),
+        "history": json.dumps(history),
+        **metadata,
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    tmp.replace(path)
+
+
+def training_state_config(path: Path) -> ModelConfig:
+    """The model config a training state file was saved with."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return ModelConfig.from_dict(json.loads(f.metadata()["config"]))
+
+
+def load_training_state(
+    path: Path, model: FusionNet, ema: FusionNet, optimizer: torch.optim.Optimizer
+) -> dict:
+    """Restore `save_training_state`'s file into the given objects; returns the rest."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(header["param_groups"])})
+    torch.set_rng_state(tensors["torch_rng"])
+    return {
+        "epoch": int(header["epoch"]),
+        "step": int(header["step"]),
+        "early_stopping": json.loads(header["early_stopping"]),
+        "rng": json.loads(header["rng"]),
+        "history": json.loads(header["history"]),
+    }

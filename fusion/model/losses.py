@@ -1,11 +1,10 @@
-"""Training losses: penalty-reduced focal loss on the heatmaps (CenterNet), L1 on the box
-regressions at the object centres, cross-entropy on the yaw bin, and the VAE's
-reconstruction + beta * KL. `total_loss` returns the weighted sum and each part for logging."""
+"""Training losses: CenterNet's penalty-reduced focal loss on the BEV heatmaps, L1 on the box
+regressions at the object centres, and the VAE's reconstruction + beta x KL on frames that have
+both sensors. `total_loss` returns the weighted sum and each part for logging."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812  (the PyTorch convention)
 
 from fusion.model.config import ModelConfig
 
@@ -14,10 +13,8 @@ def focal_loss(
     logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
 ) -> torch.Tensor:
     """CenterNet's penalty-reduced focal loss, normalised by the number of peaks (cells == 1).
-
     `logits` and `target` (Gaussian splats, 1 at centres) have the same shape."""
-    logits = logits.float()
-    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
     peak = target.eq(1).float()
     pos = -torch.log(p) * (1 - p) ** alpha * peak
     neg = -torch.log(1 - p) * p**alpha * (1 - target) ** beta * (1 - peak)
@@ -25,57 +22,40 @@ def focal_loss(
 
 
 def gather(feature_map: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) map, (B, K) flat cell indices -> (B, K, C) values at those cells."""
+    """(B, C, rows, cols) map, (B, K) flat cell indices -> (B, K, C) values at those cells."""
     b, c = feature_map.shape[:2]
     flat = feature_map.reshape(b, c, -1).float()
     return flat.gather(2, index.unsqueeze(1).expand(b, c, index.shape[1])).transpose(1, 2)
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L1 over the objects where `mask` (B, K) is 1, averaged per object."""
-    if pred.dim() == 3 and target.dim() == 2:
-        target = target.unsqueeze(-1)
-    m = mask.unsqueeze(-1) if pred.dim() == 3 else mask
-    per = (pred - target).abs() * m
-    return per.sum() / (m.sum() * (pred.shape[-1] if pred.dim() == 3 else 1)).clamp(min=1.0)
+    """Mean L1 over the slots where `mask` (B, K) is 1; `pred`, `target` (B, K, C)."""
+    m = mask.unsqueeze(-1)
+    return ((pred - target).abs() * m).sum() / (m.sum() * pred.shape[-1]).clamp(min=1.0)
 
 
 def total_loss(
     out: dict[str, torch.Tensor],
     targets: dict[str, torch.Tensor],
+    present: torch.Tensor,
     cfg: ModelConfig,
-    vae_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum of all losses; `vae_mask` (B,) selects the samples the VAE learns from
-    (those with both modalities, so a dropped sensor stays unusual to it)."""
+    """Weighted sum of every part, and each part as a float."""
+    parts = {"heatmap": focal_loss(out["heatmap"], targets["heatmap"])}
     index, mask = targets["index"], targets["mask"]
-    parts = {"heatmap": focal_loss(out["heatmap"], targets["heatmap"].float())}
-    parts["offset"] = masked_l1(gather(out["offset"], index), targets["offset"], mask)
-    parts["depth"] = masked_l1(gather(out["log_depth"], index), targets["log_depth"], mask)
-    parts["dims"] = masked_l1(gather(out["log_dims"], index), targets["log_dims"], mask)
-    bin_logits = gather(out["yaw_bin"], index)  # (B, K, bins)
-    ce = F.cross_entropy(
-        bin_logits.reshape(-1, cfg.yaw_bins), targets["yaw_bin"].reshape(-1), reduction="none"
+    for name, weight in (
+        ("offset", cfg.offset_weight),
+        ("z", cfg.z_weight),
+        ("log_dims", cfg.dims_weight),
+        ("yaw", cfg.yaw_weight),
+    ):
+        parts[name] = weight * masked_l1(gather(out[name], index), targets[name], mask)
+    velocity_mask = mask * targets["velocity_mask"]
+    parts["velocity"] = cfg.velocity_weight * masked_l1(
+        gather(out["velocity"], index), targets["velocity"], velocity_mask
     )
-    parts["yaw_bin"] = (ce * mask.reshape(-1)).sum() / mask.sum().clamp(min=1.0)
-    residual = gather(out["yaw_residual"], index).gather(2, targets["yaw_bin"].unsqueeze(-1))
-    parts["yaw_residual"] = masked_l1(residual.squeeze(-1), targets["yaw_residual"], mask)
-    parts["velocity"] = masked_l1(
-        gather(out["velocity"], index), targets["velocity"], mask * targets["velocity_mask"]
-    )
-    vae = out["health_recon"] + cfg.vae_beta * out["health_kl"]
-    if vae_mask is not None:
-        vae = (vae * vae_mask).sum() / vae_mask.sum().clamp(min=1.0)
-    parts["vae"] = vae.mean() if vae.dim() else vae
-    weights = {
-        "heatmap": 1.0,
-        "offset": cfg.offset_weight,
-        "depth": cfg.depth_weight,
-        "dims": cfg.dims_weight,
-        "yaw_bin": cfg.yaw_bin_weight,
-        "yaw_residual": cfg.yaw_residual_weight,
-        "velocity": cfg.velocity_weight,
-        "vae": cfg.vae_weight,
-    }
-    loss = sum(weights[k] * v for k, v in parts.items())
-    return loss, {k: float(v.detach()) for k, v in parts.items()}
+    both = (present[:, 0] > 0) & (present[:, 1] > 0)
+    if both.sum() > 1:
+        parts["vae"] = cfg.vae_weight * out["vae_score"][both].mean()
+    total = sum(parts.values())
+    return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -1,14 +1,30 @@
-"""The fusion network, top to bottom: image branch, radar encoder, gated fusion, CenterNet head,
-and the VAE whose score says how unlike the training data an input is.
+"""The fusion network, top to bottom: a pretrained image branch, its features lifted onto a
+bird's-eye-view grid through the calibration, a radar raster encoder on the same grid, a BEV
+network over both, a CenterPoint-style head, and the VAE whose score says how unlike the
+training data an input is.
 
-Shapes use B batch, N radar points, H x W the input image, h x w = H/8 x W/8 the head's grid.
-The network takes tensors made by `fusion.model.data` and returns raw head maps; `fusion.model.
-decode` turns them into boxes, `fusion.model.losses` into a loss.
+Shapes: B batch; H x W the input image; X x Y the radar raster grid (rows along x, columns
+along y, row 0 at the far edge); x x y = X/s x Y/s the head grid; Z lift heights.
 
-Modes: ``fused`` uses both inputs; ``camera_only`` zeroes the radar features and ``radar_only``
-the image features (and skips the backbone). Two constant "modality present" channels tell the
-fusion layers which inputs are there; modality dropout in training zeroes one input per sample
-so the same weights serve all three modes (the fusion node's degraded modes).
+1. **Image branch**: EfficientNet-Lite0 (ImageNet weights from the installed package, frozen:
+   `early_features` is what training caches) tapped at strides 8, 16 and 32, merged top-down
+   into one stride-8 map (a small feature pyramid).
+2. **Lift**: every head cell samples the image map where its centre projects at each of Z
+   heights above the ground plane (`grid`, made from the calibration by
+   `fusion.model.inputs.lift_grid`, outside the image -> zeros), giving the camera's evidence
+   where the radar measures range. A "seen by the camera" channel goes with it.
+3. **Radar**: the Numba raster of `fusion.perception.preprocess.radar_bev_raster` through two
+   convolutions, the second at the head's stride.
+4. **BEV network** over both plus two "modality present" channels: depthwise-separable blocks
+   at full and half resolution, merged U-Net style.
+5. **Head**: per class a heatmap; offset (2) inside the cell, z (1), log (l, w, h) (3), yaw as
+   (sin, cos) (2), velocity over ground (vx, vy) (2).
+6. **VAE** on pooled, detached image and radar features (it never changes what the detector
+   learns); its per-frame score is reconstruction error plus beta x KL.
+
+Modes: ``fused``; ``camera_only`` zeroes the radar features; ``radar_only`` the image features.
+Modality dropout in training makes one set of weights serve all three. Every input has a fixed
+shape, so one exported graph serves every mode and every radar point count.
 """
 
 from __future__ import annotations
@@ -18,265 +34,242 @@ import torch.nn.functional as F  # noqa: N812  (the PyTorch convention)
 from torch import nn
 
 from fusion.model.config import ModelConfig
+from fusion.model.efficientnet import (
+    BLOCK_CHANNELS,
+    EfficientNetLite0,
+    fold_pairs,
+    load_pretrained,
+)
 
 MODES = ("fused", "camera_only", "radar_only")
+#: Backbone blocks whose outputs the image branch taps (strides 8, 16, 32).
+TAP_STRIDE8, TAP_STRIDE16, TAP_STRIDE32 = 4, 10, 15
+#: Head outputs and their channels (heatmap: one per class).
+HEAD_CHANNELS = {"offset": 2, "z": 1, "log_dims": 3, "yaw": 2, "velocity": 2}
+#: The number of `fusion.perception.preprocess.radar_bev_raster` channels, and the width of the
+#: first radar convolution (at the raster's full resolution, where it costs the most).
+RADAR_CHANNELS = 9
+RADAR_STEM_CHANNELS = 16
+#: Pooled grid of each modality's features fed to the VAE (rows, cols).
+VAE_IMAGE_POOL = (2, 8)
+VAE_RADAR_POOL = (4, 4)
+VAE_KEYS = ("vae_recon", "vae_kl", "vae_score")
 
-#: Per-point features fed to the point MLP: the 6 normalised RADAR_POINT_DTYPE fields, log depth
-#: along the camera axis, and the point's sub-cell position (u, v) inside its grid cell.
-POINT_FEATURES = 9
 
-
-def conv_bn_act(c_in: int, c_out: int, k: int = 3, s: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(
+def conv_bn(c_in: int, c_out: int, k: int = 3, s: int = 1, groups: int = 1, act: bool = True):
+    layers: list[nn.Module] = [
         nn.Conv2d(c_in, c_out, k, s, k // 2, groups=groups, bias=False),
         nn.BatchNorm2d(c_out),
-        nn.Hardswish(inplace=True),
-    )
+    ]
+    if act:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
 
 
-class InvertedResidual(nn.Module):
-    """MobileNetV2/V3 block: 1x1 expand, kxk depthwise, 1x1 project, residual when shapes match."""
+class SeparableBlock(nn.Module):
+    """3x3 depthwise then 1x1 pointwise, residual when the shape is kept."""
 
-    def __init__(self, c_in: int, c_out: int, expansion: int, kernel: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int | None = None, stride: int = 1) -> None:
         super().__init__()
-        hidden = c_in * expansion
-        layers: list[nn.Module] = []
-        if expansion != 1:
-            layers.append(conv_bn_act(c_in, hidden, 1))
-        layers += [
-            conv_bn_act(hidden, hidden, kernel, stride, groups=hidden),
-            nn.Conv2d(hidden, c_out, 1, bias=False),
-            nn.BatchNorm2d(c_out),
-        ]
-        self.block = nn.Sequential(*layers)
+        c_out = c_out or c_in
+        self.depthwise = conv_bn(c_in, c_in, 3, stride, groups=c_in)
+        self.pointwise = conv_bn(c_in, c_out, 1, act=False)
         self.residual = stride == 1 and c_in == c_out
+        self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.block(x)
-        return x + y if self.residual else y
+        y = self.pointwise(self.depthwise(x))
+        return self.act(x + y if self.residual else y)
+
+
+class FrozenBackbone(nn.Module):
+    """The whole EfficientNet-Lite0 feature extractor (stem and blocks 0-15, strides 2 to 32) at
+    its ImageNet weights, frozen: its outputs for a frame never change, so training computes
+    them once (`fusion.learn.features`), and a weights file need not carry them."""
+
+    def __init__(self, backbone: EfficientNetLite0) -> None:
+        super().__init__()
+        self.pad = backbone.pad
+        self._conv_stem = backbone._conv_stem
+        self._bn0 = backbone._bn0
+        self._blocks = backbone._blocks
+        self.act = nn.ReLU6(inplace=True)
+        self.requires_grad_(False)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.act(self._bn0(self._conv_stem(self.pad(image))))
+        taps = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in (TAP_STRIDE8, TAP_STRIDE16):
+                taps.append(x)
+        return taps[0], taps[1], x  # (B, 40, H/8, W/8), (B, 112, H/16, W/16), (B, 320, H/32, W/32)
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        return super().train(False)  # batch norms keep the ImageNet statistics
+
+    def fold(self) -> None:
+        fold_pairs(self, (("_conv_stem", "_bn0"),))
 
 
 class ImageBranch(nn.Module):
-    """MobileNetV3-like backbone (strides 2..32) and a top-down pyramid ending at stride 8."""
+    """The frozen backbone's three taps merged top-down (a small feature pyramid) at stride 8."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, backbone: EfficientNetLite0) -> None:
         super().__init__()
-        self.stem = conv_bn_act(3, cfg.stem_channels, 3, 2)
-        stages = []
-        c_in = cfg.stem_channels
-        for c_out, expansion, kernel, stride, blocks in cfg.backbone_stages:
-            layers = []
-            for i in range(blocks):
-                layers.append(
-                    InvertedResidual(c_in, c_out, expansion, kernel, stride if i == 0 else 1)
-                )
-                c_in = c_out
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.ModuleList(stages)
-        p = cfg.pyramid_channels
-        c8, c16, c32 = (s[0] for s in cfg.backbone_stages[2:5])
-        self.lateral8 = nn.Conv2d(c8, p, 1)
-        self.lateral16 = nn.Conv2d(c16, p, 1)
-        self.lateral32 = nn.Conv2d(c32, p, 1)
-        self.smooth = nn.Sequential(conv_bn_act(p, p, 3, groups=p), conv_bn_act(p, p, 1))
+        self.early = FrozenBackbone(backbone)
+        c = cfg.image_channels
+        self.lateral8 = conv_bn(BLOCK_CHANNELS[TAP_STRIDE8], c, 1)
+        self.lateral16 = conv_bn(BLOCK_CHANNELS[TAP_STRIDE16], c, 1)
+        self.lateral32 = conv_bn(BLOCK_CHANNELS[TAP_STRIDE32], c, 1)
+        self.smooth = SeparableBlock(c)
+        self.reduce = conv_bn(c, cfg.lift_channels, 1)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.stem(image)  # (B, 16, H/2, W/2)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        f8, f16, f32 = features[2], features[3], features[4]  # strides 8, 16, 32
-        p32 = self.lateral32(f32)
-        p16 = self.lateral16(f16) + F.interpolate(p32, size=f16.shape[-2:], mode="nearest")
-        p8 = self.lateral8(f8) + F.interpolate(p16, size=f8.shape[-2:], mode="nearest")
-        return self.smooth(p8)  # (B, P, h, w)
-
-
-class RadarEncoder(nn.Module):
-    """PointNet-style shared MLP per point, max-pooled into the grid cell each point projects to,
-    concatenated with the radar raster channels, then two 3x3 convolutions (one dilated, so a
-    car's few points reach its centre cell)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        c_in = POINT_FEATURES
-        for c_out in cfg.point_mlp_channels:
-            layers += [nn.Linear(c_in, c_out), nn.ReLU(inplace=True)]
-            c_in = c_out
-        self.point_mlp = nn.Sequential(*layers)
-        c_grid = c_in + 1 + cfg.radar_raster_channels  # + log point count
-        r = cfg.radar_channels
-        self.convs = nn.Sequential(
-            conv_bn_act(c_grid, r, 3),
-            nn.Conv2d(r, r, 3, padding=2, dilation=2, bias=False),
-            nn.BatchNorm2d(r),
-            nn.Hardswish(inplace=True),
-        )
-        self.grid = (cfg.grid_h, cfg.grid_w)
-        # raw point fields from the config; log depth around 15 m; sub-cell position in [0, 1)
-        mean = (*cfg.point_mean, 2.7, 0.5, 0.5)
-        std = (*cfg.point_std, 0.7, 0.3, 0.3)
-        self.register_buffer("point_mean", torch.tensor(mean), persistent=False)
-        self.register_buffer("point_std", torch.tensor(std), persistent=False)
-
-    def forward(
-        self,
-        point_features: torch.Tensor,  # (B, N, POINT_FEATURES)
-        point_cells: torch.Tensor,  # (B, N) int64 flat cell index v * w + u; padding any value
-        point_valid: torch.Tensor,  # (B, N) bool
-        raster: torch.Tensor,  # (B, C_raster, h, w)
-    ) -> torch.Tensor:
-        h, w = self.grid
-        batch = point_features.shape[0]
-        normalised = (point_features - self.point_mean) / self.point_std
-        per_point = self.point_mlp(normalised) * point_valid.unsqueeze(-1)  # (B, N, C) >= 0
-        per_point = per_point.transpose(1, 2)  # (B, C, N)
-        cells = point_cells.clamp(0, h * w - 1)
-        grid = per_point.new_zeros(batch, per_point.shape[1], h * w)
-        grid = grid.scatter_reduce(2, cells.unsqueeze(1).expand_as(per_point), per_point, "amax")
-        count = per_point.new_zeros(batch, 1, h * w)
-        count = count.scatter_add(2, cells.unsqueeze(1), point_valid.unsqueeze(1).to(count.dtype))
-        grid = torch.cat([grid, torch.log1p(count)], dim=1).view(batch, -1, h, w)
-        if raster.shape[1]:
-            grid = torch.cat([grid, raster.to(grid.dtype)], dim=1)
-        return self.convs(grid)  # (B, R, h, w)
-
-
-class GatedFusion(nn.Module):
-    """Concatenate image and radar features; a learned sigmoid gate scales the radar channels
-    per cell (so noisy radar can be turned down where the image disagrees)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        p, r = cfg.pyramid_channels, cfg.radar_channels
-        self.gate = nn.Conv2d(p + r + 2, r, 1)
-        self.mix = nn.Sequential(conv_bn_act(p + r + 2, cfg.head_channels, 3))
-
-    def forward(
-        self, image_features: torch.Tensor, radar_features: torch.Tensor, present: torch.Tensor
-    ) -> torch.Tensor:
-        b, _, h, w = image_features.shape
-        flags = present.view(b, 2, 1, 1).expand(b, 2, h, w).to(image_features.dtype)
-        stacked = torch.cat([image_features, radar_features, flags], dim=1)
-        gated = radar_features * torch.sigmoid(self.gate(stacked))
-        return self.mix(torch.cat([image_features, gated, flags], dim=1))  # (B, head, h, w)
-
-
-class CenterHead(nn.Module):
-    """Class heatmaps and the box regressions at each cell (CenterNet)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        c = cfg.head_channels
-        self.heatmap = nn.Sequential(
-            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, cfg.num_classes, 1)
-        )
-        # offset 2, log depth 1, log dims 3, yaw bin logits + residuals 2*bins, velocity 2
-        self.split = (2, 1, 3, cfg.yaw_bins, cfg.yaw_bins, 2)
-        self.regression = nn.Sequential(
-            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, sum(self.split), 1)
-        )
-        # A focal-loss prior: start at p = 0.1 everywhere, so early training is stable.
-        nn.init.constant_(self.heatmap[-1].bias, -2.19)
-        bias = self.regression[-1].bias
-        with torch.no_grad():
-            bias.zero_()
-            bias[2] = 2.7  # log(15 m)
-            bias[3:6] = torch.tensor([1.4, 0.6, 0.4])  # log of a car's (4.2, 1.8, 1.5) m
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        offset, depth, dims, yaw_bin, yaw_res, velocity = torch.split(
-            self.regression(x), self.split, dim=1
-        )
-        return {
-            "heatmap": self.heatmap(x),  # (B, classes, h, w) logits
-            "offset": offset,  # (B, 2, h, w) centre within the cell, in cells
-            "log_depth": depth,  # (B, 1, h, w) log of the centre's depth along the camera axis
-            "log_dims": dims,  # (B, 3, h, w) log of (l, w, h) in metres
-            "yaw_bin": yaw_bin,  # (B, bins, h, w) logits of the observation-angle bin
-            "yaw_residual": yaw_res,  # (B, bins, h, w) offset within each bin, in bin widths
-            "velocity": velocity,  # (B, 2, h, w) m/s along and across the viewing ray
-        }
+    def from_early(self, f8: torch.Tensor, f16: torch.Tensor, f32: torch.Tensor) -> torch.Tensor:
+        p = self.lateral32(f32)
+        p = self.lateral16(f16) + F.interpolate(p, size=f16.shape[-2:], mode="nearest")
+        p = self.lateral8(f8) + F.interpolate(p, size=f8.shape[-2:], mode="nearest")
+        return self.reduce(self.smooth(p))  # (B, lift_channels, H/8, W/8)
 
 
 class HealthVAE(nn.Module):
-    """A small VAE on the pooled, standardised image + radar features.
-
-    Its input is detached: it learns what the features of normal data look like without
-    shaping them. ``score = recon + beta * kl`` per sample; a blacked-out radar, a black or
-    blurred camera and noise push the features off what the decoder can rebuild.
-    """
+    """q(z|x) = N(mu, sigma^2) and p(x|z) over a frame's pooled, standardised features."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        c = cfg.pyramid_channels + cfg.radar_channels
-        rows, cols = cfg.vae_grid
-        self.grid = (rows, cols)
-        self.standardise = nn.BatchNorm2d(c, affine=False)
-        flat = cfg.vae_hidden * rows * cols
-        self.encoder = nn.Sequential(nn.Conv2d(c, cfg.vae_hidden, 1), nn.ReLU(inplace=True))
-        self.to_stats = nn.Linear(flat, 2 * cfg.vae_latent)
-        self.decoder = nn.Sequential(
-            nn.Linear(cfg.vae_latent, flat),
-            nn.ReLU(inplace=True),
-            nn.Unflatten(1, (cfg.vae_hidden, rows, cols)),
-            nn.Conv2d(cfg.vae_hidden, c, 1),
-        )
+        n_in = cfg.lift_channels * VAE_IMAGE_POOL[0] * VAE_IMAGE_POOL[1]
+        n_in += cfg.bev_channels * VAE_RADAR_POOL[0] * VAE_RADAR_POOL[1]
         self.beta = cfg.vae_beta
+        self.norm = nn.BatchNorm1d(n_in, affine=False)
+        self.encoder = nn.Sequential(nn.Linear(n_in, cfg.vae_hidden), nn.ReLU(inplace=True))
+        self.mu = nn.Linear(cfg.vae_hidden, cfg.vae_latent)
+        self.log_var = nn.Linear(cfg.vae_hidden, cfg.vae_latent)
+        self.decoder = nn.Sequential(
+            nn.Linear(cfg.vae_latent, cfg.vae_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.vae_hidden, n_in),
+        )
 
-    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = F.adaptive_avg_pool2d(features.detach().float(), self.grid)  # (B, C, rows, cols)
-        x = self.standardise(x)
-        mu, log_var = self.to_stats(self.encoder(x).flatten(1)).chunk(2, dim=1)  # (B, Z) each
-        log_var = log_var.clamp(-10.0, 10.0)
+    def forward(
+        self, image: torch.Tensor, radar: torch.Tensor, present: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Scores per frame, (B,) each. In training only frames with both sensors are seen
+        (the others score 0), so the standardisation learns what a healthy frame looks like."""
+        if self.training:
+            both = (present[:, 0] > 0) & (present[:, 1] > 0)
+            if not both.all():
+                out = {k: image.new_zeros(image.shape[0], dtype=torch.float32) for k in VAE_KEYS}
+                if both.sum() > 1:  # batch norm needs two samples
+                    for k, v in self(image[both], radar[both], present[both]).items():
+                        out[k][both] = v
+                return out
+        x = torch.cat(
+            [_pool(image.detach(), VAE_IMAGE_POOL), _pool(radar.detach(), VAE_RADAR_POOL)], dim=1
+        ).float()
+        if self.training:
+            x = self.norm(x)  # (B, n_in), and the running statistics learn healthy frames
+        else:  # the same standardisation written out, so that it exports to ONNX
+            x = (x - self.norm.running_mean) * torch.rsqrt(self.norm.running_var + self.norm.eps)
+        h = self.encoder(x)
+        mu, log_var = self.mu(h), self.log_var(h).clamp(-10, 10)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var) if self.training else mu
-        recon = ((self.decoder(z) - x) ** 2).mean(dim=(1, 2, 3))  # (B,)
-        kl = 0.5 * (mu**2 + log_var.exp() - 1.0 - log_var).sum(dim=1)  # (B,)
-        return {"recon": recon, "kl": kl, "score": recon + self.beta * kl}
+        recon = ((self.decoder(z) - x) ** 2).mean(dim=1)  # (B,)
+        kl = 0.5 * (mu**2 + log_var.exp() - 1 - log_var).sum(dim=1)  # (B,)
+        return dict(zip(VAE_KEYS, (recon, kl, recon + self.beta * kl), strict=True))
+
+
+def _pool(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C * rows * cols): means over a rows x cols grid of equal blocks
+    (the remainder rows and columns are left out), written so that it exports to ONNX."""
+    b, c, h, w = (int(n) for n in x.shape)
+    rows, cols = grid
+    bh, bw = max(1, h // rows), max(1, w // cols)
+    x = x[:, :, : rows * bh, : cols * bw].reshape(b, c, rows, bh, cols, bw)
+    return x.mean(dim=(3, 5)).reshape(b, c * rows * cols)
 
 
 class FusionNet(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, pretrained: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
-        self.image_branch = ImageBranch(cfg)
-        self.radar_encoder = RadarEncoder(cfg)
-        self.fusion = GatedFusion(cfg)
-        self.head = CenterHead(cfg)
+        backbone = load_pretrained() if pretrained else EfficientNetLite0()
+        self.image = ImageBranch(cfg, backbone)
+        c, z = cfg.bev_channels, len(cfg.lift_heights_m)
+        self.lift = conv_bn(cfg.lift_channels * z + 1, c, 1)
+        self.radar = nn.Sequential(
+            conv_bn(RADAR_CHANNELS, RADAR_STEM_CHANNELS, 3),
+            SeparableBlock(RADAR_STEM_CHANNELS, c, stride=cfg.head_stride),
+        )
+        self.fuse = conv_bn(2 * c + 2, c, 1)
+        self.fine = nn.Sequential(SeparableBlock(c), SeparableBlock(c))
+        self.coarse = nn.Sequential(
+            SeparableBlock(c, 2 * c, stride=2), SeparableBlock(2 * c), SeparableBlock(2 * c)
+        )
+        self.up = conv_bn(2 * c, c, 1)
+        self.post = nn.Sequential(SeparableBlock(c), SeparableBlock(c))
+        self.heads = nn.ModuleDict(
+            {"heatmap": nn.Conv2d(c, cfg.num_classes, 1)}
+            | {name: nn.Conv2d(c, n, 1) for name, n in HEAD_CHANNELS.items()}
+        )
+        nn.init.constant_(self.heads["heatmap"].bias, -2.19)  # CenterNet's prior of 0.1
         self.vae = HealthVAE(cfg)
+
+    def early_features(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The frozen backbone's stride-8, 16 and 32 maps (what training caches)."""
+        return self.image.early(image)
 
     def forward(
         self,
-        image: torch.Tensor,  # (B, 3, H, W) normalised RGB
-        point_features: torch.Tensor,  # (B, N, POINT_FEATURES)
-        point_cells: torch.Tensor,  # (B, N) int64
-        point_valid: torch.Tensor,  # (B, N) bool
-        raster: torch.Tensor,  # (B, C_raster, h, w)
-        present: torch.Tensor,  # (B, 2) float: camera present, radar present (0 or 1)
+        image: torch.Tensor,
+        raster: torch.Tensor,
+        grid: torch.Tensor,
+        present: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        batch = image.shape[0]
-        if bool((present[:, 0] == 0).all()):  # radar-only: the backbone would be multiplied by 0
-            image_features = image.new_zeros(batch, cfg.pyramid_channels, cfg.grid_h, cfg.grid_w)
-        else:
-            image_features = self.image_branch(image)  # (B, P, h, w)
-            image_features = image_features * present[:, 0].view(-1, 1, 1, 1).to(
-                image_features.dtype
-            )
-        radar_features = self.radar_encoder(point_features, point_cells, point_valid, raster)
-        radar_features = radar_features * present[:, 1].view(-1, 1, 1, 1).to(radar_features.dtype)
-        fused = self.fusion(image_features, radar_features, present)  # (B, head, h, w)
-        out = self.head(fused)
-        health = self.vae(torch.cat([image_features, radar_features], dim=1))
-        out.update({f"health_{k}": v for k, v in health.items()})
+        """image (B, 3, H, W) normalised RGB; raster (B, 9, X, Y); grid (B, Z, x, y, 2) image
+        coordinates in [-1, 1]; present (B, 2) camera / radar flags."""
+        f8, f16, f32 = self.image.early(image)
+        return self.from_early(f8, f16, f32, raster, grid, present)
+
+    def from_early(
+        self,
+        f8: torch.Tensor,
+        f16: torch.Tensor,
+        f32: torch.Tensor,
+        raster: torch.Tensor,
+        grid: torch.Tensor,
+        present: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        b, z, gx, gy, _ = grid.shape
+        features = self.image.from_early(f8, f16, f32)  # (B, L, H/8, W/8)
+        lifted = F.grid_sample(
+            features,
+            grid.reshape(b, z * gx, gy, 2),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        )  # (B, L, Z*x, y)
+        lifted = lifted.reshape(b, -1, z, gx, gy).flatten(1, 2)  # (B, L*Z, x, y)
+        seen = (grid[:, z // 2, :, :, 0].abs() <= 1).to(lifted.dtype).unsqueeze(1)  # (B, 1, x, y)
+        camera_on = present[:, 0].reshape(b, 1, 1, 1).to(lifted.dtype)
+        radar_on = present[:, 1].reshape(b, 1, 1, 1).to(lifted.dtype)
+        image_bev = self.lift(torch.cat([lifted, seen], 1)) * camera_on  # (B, C, x, y)
+        radar_bev = self.radar(raster) * radar_on  # (B, C, x, y)
+        flags = present.reshape(b, 2, 1, 1).expand(b, 2, gx, gy).to(lifted.dtype)
+        x = self.fine(self.fuse(torch.cat([image_bev, radar_bev, flags], 1)))  # (B, C, x, y)
+        x = x + F.interpolate(self.up(self.coarse(x)), size=(gx, gy), mode="nearest")
+        x = self.post(x)
+        out = {name: head(x) for name, head in self.heads.items()}  # each (B, n, x, y)
+        out.update(self.vae(features * camera_on, radar_bev, present))
         return out
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a weights file must carry: everything but the backbone, which stays at the
+        installed package's weights."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("image.early.")}
 
 
 def present_flags(mode: str, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The (B, 2) camera/radar-present flags of a mode."""
-    if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is not one of {MODES}")
-    flags = {"fused": (1.0, 1.0), "camera_only": (1.0, 0.0), "radar_only": (0.0, 1.0)}[mode]
-    return torch.tensor(flags, device=device).expand(batch, 2).contiguous()
+    """(B, 2) camera / radar present flags for a mode."""
+    camera = 0.0 if mode == "radar_only" else 1.0
+    radar = 0.0 if mode == "camera_only" else 1.0
+    return torch.tensor([[camera, radar]] * batch, device=device)

@@ -11,8 +11,16 @@ camera frame whose radar matching is settled into one `Detections` message:
 3. **Mode**: ``fused`` when both sensors are healthy; ``camera_only`` when the radar is silent,
    invalid or matched nothing; ``radar_only`` when the camera has been silent for longer than its
    alive timeout (outputs then follow the radar's scans, at the radar's rate).
-4. **Model**: preprocess, infer, decode, each stamped into the output's trace (``synced``,
-   ``preprocessed``, ``inferred``, ``decoded``), with the VAE health score in ``health``.
+   ``PipelineConfig.mode`` can hold the model to ``camera_only`` or ``radar_only`` whatever the
+   sensors do (the ablation through the live path), pairing frames exactly as in ``auto``.
+4. **Model**: `assemble` builds the frame's `FrameInputs` (image, radar points compensated and
+   in the reference frame, camera), then preprocess, infer, decode, each stamped into the
+   output's trace (``synced``, ``preprocessed``, ``inferred``, ``decoded``), with the health
+   report in ``health`` (``ok`` is 0 when the health score is past the model's calibrated
+   threshold; such outputs are counted as ``health_flagged``).
+
+`replay_frames` runs recorded messages through the same logic in data time and yields the
+assembled frames: how training builds its samples.
 
 Every input that cannot be used is counted by reason in `counters` and logged (rate-limited);
 nothing raises out of `add` or `step` for bad data.
@@ -20,22 +28,23 @@ nothing raises out of `add` or `step` for bad data.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from fusion.core.latency import LatencyHistogram
 from fusion.core.ratelog import RateLimitedLog
-from fusion.errors import CalibrationError, FusionError, ImageError
-from fusion.perception.geometry import CameraModel
+from fusion.errors import CalibrationError, ConfigError, FusionError, ImageError
+from fusion.perception.frame import FrameInputs, radar_points, to_reference
+from fusion.perception.geometry import CameraModel, check_transform
 from fusion.perception.image import camera_image
-from fusion.perception.sync import ApproximateTimeSync, SyncedFrame, synced_points
+from fusion.perception.sync import ApproximateTimeSync, SyncedFrame
 from fusion.wire.messages import (
-    RADAR_POINT_DTYPE,
     Calibration,
     CameraFrame,
     Detections,
@@ -53,6 +62,9 @@ MAX_RADAR_POINTS = 100_000
 CAMERA_TIMEOUT_NS = 250_000_000
 #: Radar silent for this long: frames go camera-only at once instead of waiting for the deadline.
 RADAR_TIMEOUT_NS = 400_000_000
+#: Radar calibrations kept (one per radar sensor id); more are rejected and counted.
+MAX_RADARS = 16
+MODES = ("auto", "camera_only", "radar_only")
 
 
 class DetectorLike:
@@ -76,6 +88,11 @@ class PipelineConfig:
     motion_compensation: bool = True
     camera_sensor: str = "camera_front"
     answer_every_frame: bool = False  # lock-step replay: an unusable frame gets an invalid output
+    mode: str = "auto"  # auto (follow the sensors), or hold the model to camera_only/radar_only
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"pipeline mode {self.mode!r} is not one of {MODES}")
 
 
 class FusionPipeline:
@@ -94,6 +111,7 @@ class FusionPipeline:
             on_drop=self._on_sync_drop,
         )
         self.camera: CameraModel | None = None
+        self.radar_to_ref: dict[str, np.ndarray] = {}
         self.ego: EgoMotion | None = None
         self.counters: Counter[str] = Counter()
         self.latency_ms = LatencyHistogram()  # capture -> detections decoded
@@ -140,12 +158,20 @@ class FusionPipeline:
         return scan
 
     def _set_calibration(self, calib: Calibration) -> None:
-        if calib.sensor_id != self.cfg.camera_sensor:
-            return  # the radar is the reference frame; other sensors are not fused here
         try:
-            self.camera = CameraModel.from_calibration(calib)
+            if calib.sensor_id == self.cfg.camera_sensor:
+                self.camera = CameraModel.from_calibration(calib)
+                return
+            if calib.width_px > 0:
+                return  # another camera: not fused here
+            transform = check_transform(calib.sensor_to_ref, f"{calib.sensor_id} sensor_to_ref")
         except CalibrationError as exc:
             self._reject("bad_calibration", f"calibration of {calib.sensor_id} rejected: {exc}")
+            return
+        if calib.sensor_id not in self.radar_to_ref and len(self.radar_to_ref) >= MAX_RADARS:
+            self._reject("too_many_radars", f"radar calibration {calib.sensor_id!r} ignored")
+            return
+        self.radar_to_ref[calib.sensor_id] = transform
 
     def _on_sync_drop(self, topic: str, _msg: Message, reason: str) -> None:
         if reason != "camera_only":
@@ -185,24 +211,34 @@ class FusionPipeline:
         if self._stale(frame.capture_ns, picked_ns, frame.clock):
             self._reject("stale", f"camera frame {frame.seq} older than the budget; dropped")
             return None
+        assembled = self.assemble(synced)
+        if assembled is None:
+            return self._invalid(frame, picked_ns)
+        inputs, mode, sources = assembled
+        return self._run(frame, inputs, mode, sources, picked_ns)
+
+    def assemble(self, synced: SyncedFrame) -> tuple[FrameInputs, str, dict[str, int]] | None:
+        """A synced frame's model inputs, the model mode and the input seqs by topic; None
+        (counted, logged) when the frame cannot be used."""
+        frame = synced.camera
         if self.camera is None:
             self._reject("no_calibration", "no camera calibration yet; frame dropped")
-            return self._invalid(frame, picked_ns)
+            return None
         image = self._image(frame)
         if image is None:
-            return self._invalid(frame, picked_ns)
-        points = np.zeros(0, RADAR_POINT_DTYPE)
-        if synced.radar:
-            ego = self.ego
-            points = synced_points(
-                synced,
-                ego.speed_mps if ego else 0.0,
-                ego.yaw_rate_rps if ego else 0.0,
-                compensate=self.cfg.motion_compensation and ego is not None,
-            )
+            return None
+        ego = self.ego if self.cfg.motion_compensation else None
+        points = radar_points(
+            synced,
+            ego.speed_mps if ego else None,
+            ego.yaw_rate_rps if ego else None,
+            self.radar_to_ref,
+        )
         mode = "fused" if synced.radar else "camera_only"
+        if self.cfg.mode != "auto":
+            mode = self.cfg.mode
         sources = {"camera": frame.seq, **({"radar": synced.radar[-1].seq} if synced.radar else {})}
-        return self._run(frame, image, points, mode, sources, picked_ns)
+        return FrameInputs(image, points, self.camera), mode, sources
 
     def _process_radar_only(self, scan: RadarScan) -> Detections | None:
         picked_ns = self.clock_ns()
@@ -213,7 +249,9 @@ class FusionPipeline:
             self._reject("no_calibration", "no camera calibration yet; scan dropped")
             return None
         blank = np.zeros((self.camera.height_px, self.camera.width_px, 3), np.uint8)
-        return self._run(scan, blank, scan.points, "radar_only", {"radar": scan.seq}, picked_ns)
+        points = to_reference(scan.points, self.radar_to_ref.get(scan.sensor_id))
+        inputs = FrameInputs(blank, points, self.camera)
+        return self._run(scan, inputs, "radar_only", {"radar": scan.seq}, picked_ns)
 
     def _invalid(self, frame: CameraFrame, picked_ns: int) -> Detections | None:
         """The answer to an unusable frame: nothing, or in lock-step an invalid, empty output."""
@@ -260,8 +298,7 @@ class FusionPipeline:
     def _run(
         self,
         source: Message,
-        image: np.ndarray,
-        points: np.ndarray,
+        inputs: FrameInputs,
         mode: str,
         sources: dict[str, int],
         picked_ns: int,
@@ -269,7 +306,7 @@ class FusionPipeline:
         trace = input_trace(source)
         trace["synced"] = picked_ns
         try:
-            prepared = self.detector.preprocess(image, points, self.camera)
+            prepared = self.detector.preprocess(inputs.image_bgr, inputs.points, inputs.camera)
             trace["preprocessed"] = self.clock_ns()
             raw = self.detector.infer(prepared, mode)
             trace["inferred"] = self.clock_ns()
@@ -279,6 +316,8 @@ class FusionPipeline:
             self._reject("model_error", f"model failed on {mode} input: {exc}")
             return self._invalid(source, picked_ns) if isinstance(source, CameraFrame) else None
         self.counters[mode] += 1
+        if health.get("ok", 1.0) == 0.0:
+            self.counters["health_flagged"] += 1
         budget_miss = (
             source.clock == "monotonic"
             and trace["decoded"] - source.capture_ns > self.cfg.budget_ms * 1e6
@@ -310,3 +349,77 @@ def input_trace(source: Message) -> dict[str, int]:
     if "published" in trace:
         trace["input_published"] = trace.pop("published")
     return trace
+
+
+#: In data time a frame waits for its radar match until the data settles it: the sync deadline
+#: is a wall-clock guard of the live node, and data time has no wall clock.
+DATA_TIME_DEADLINE_MS = 1e9
+
+
+@dataclass
+class AssembledFrame:
+    """A frame as `replay_frames` yields it: what the model would be given, and when."""
+
+    inputs: FrameInputs
+    mode: str
+    sources: dict[str, int]
+    capture_ns: int
+
+
+class _Capture:
+    """A `DetectorLike` that keeps each frame's assembled inputs instead of running a model."""
+
+    def __init__(self, input_size: tuple[int, int]) -> None:
+        self.cfg = _InputSize(*input_size)
+        self.frames: list[tuple[FrameInputs, str]] = []
+
+    def preprocess(self, image_bgr: np.ndarray, radar_points: np.ndarray, camera: CameraModel):
+        return FrameInputs(image_bgr, radar_points, camera)
+
+    def infer(self, prepared: FrameInputs, mode: str = "fused") -> None:
+        self.frames.append((prepared, mode))
+
+    def decode(self, prepared: FrameInputs, raw: None) -> tuple[np.ndarray, dict[str, float]]:
+        return empty_detections(), {}
+
+
+@dataclass
+class _InputSize:
+    input_w: int
+    input_h: int
+
+
+def replay_frames(
+    messages: Iterable[tuple[str, Message]],
+    input_size: tuple[int, int],
+    config: PipelineConfig | None = None,
+) -> Iterator[AssembledFrame]:
+    """Recorded ``(topic, message)`` pairs, in log order, through `FusionPipeline` in data time
+    (the clock is the newest capture time seen; nothing is stale; the pipeline steps once all
+    messages of one time are in, so their order does not matter; a frame waits until the data
+    settles its radar match, as in lock-step replay): one `AssembledFrame` per camera frame the
+    node would run the model on. `input_size` (width, height) is the model's, which decides how
+    far a JPEG may be decoded at reduced size, as in the node."""
+    cfg = dataclasses.replace(
+        config or PipelineConfig(),
+        drop_stale=False,
+        sync_deadline_ms=DATA_TIME_DEADLINE_MS,
+    )
+    capture = _Capture(input_size)
+    now_ns = 0
+    pipeline = FusionPipeline(capture, cfg, clock_ns=lambda: now_ns)
+
+    def drain(outputs: list[Detections]) -> Iterator[AssembledFrame]:
+        for out in outputs:
+            if out.valid:
+                inputs, mode = capture.frames.pop(0)
+                yield AssembledFrame(inputs, mode, out.source_seqs, out.capture_ns)
+
+    for topic, msg in messages:
+        if msg.capture_ns > now_ns:  # step once every message of a log time is in, so their
+            yield from drain(pipeline.step(now_ns))  # order within that time cannot matter
+            now_ns = int(msg.capture_ns)
+        pipeline.add(topic, msg, now_ns)
+    yield from drain(pipeline.step(now_ns))
+    now_ns += 10 * RADAR_TIMEOUT_NS  # the end of the log: nothing more can settle a frame
+    yield from drain(pipeline.step(now_ns))

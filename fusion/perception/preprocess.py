@@ -1,26 +1,26 @@
-"""Per-frame preprocessing on the fusion node's hot path: radar rasters and the image tensor.
+"""Per-frame preprocessing on the fusion node's hot path: the radar raster and the image tensor.
 
 This module owns turning a synced camera frame and its radar points into the model's inputs:
 
-- `radar_image_raster`: radar points as CenterFusion-style pillars on the image plane, at the
-  model's feature stride, one channel per entry of `RADAR_RASTER_CHANNELS`;
-- `radar_bev_raster`: radar points on a bird's-eye-view grid (`BEV_RASTER_CHANNELS`);
+- `radar_bev_raster`: radar points on a bird's-eye-view grid (`BEV_RASTER_CHANNELS`): how many
+  points each cell holds, how strongly they reflect, how high above the ground they sit and how
+  fast they move radially;
 - `project_points`: reference-frame points to pixels and depth;
 - `prepare_image`: a BGR uint8 frame resized and normalised to the model's float CHW input.
 
-Each has a Numba kernel (in `fusion.perception._kernels`, compiled with ``cache=True``) and a plain
-numpy ``*_reference`` twin with the same signature that the tests hold it to. Points with a NaN/inf
-field are skipped (count them with `invalid_point_mask`), and so are points at or behind the
-camera (depth <= `MIN_DEPTH_M`) and pillars wholly outside the grid. Call `warm_up` once at node
+Each has a Numba kernel (in `fusion.perception._kernels`, compiled with ``cache=True``) and a
+plain numpy ``*_reference`` twin with the same signature that the tests hold it to. Points with a
+NaN/inf field are skipped (count them with `invalid_point_mask`). Call `warm_up` once at node
 start so the first frame does not pay the compile/cache-load pause.
 
-Grid conventions. Image raster cell ``(row, col)`` covers input pixels
-``[col*stride, (col+1)*stride) x [row*stride, (row+1)*stride)`` of the image ``K`` describes
-(the model's input size, ``grid_w*stride`` x ``grid_h*stride``). BEV row 0 is the far edge
-(``x = x_max``) and column 0 the left edge (``y = y_max``), so forward is up as in a map.
+Grid conventions. BEV row 0 is the far edge (``x = x_max``) and column 0 the left edge
+(``y = y_max``), so forward is up as in a map; cell ``(row, col)`` covers
+``x in (x_max - (row + 1) * cell, x_max - row * cell]`` and likewise for y.
 """
 
 from __future__ import annotations
+
+import threading
 
 import cv2
 import numpy as np
@@ -31,14 +31,10 @@ from fusion.wire.messages import RADAR_POINT_DTYPE
 
 __all__ = [
     "BEV_RASTER_CHANNELS",
-    "BEV_RASTER_SCALES",
-    "DEFAULT_PILLAR_SIZE_M",
     "IMAGE_BACKEND",
     "IMAGE_MEAN",
     "IMAGE_STD",
     "MIN_DEPTH_M",
-    "RADAR_RASTER_CHANNELS",
-    "RADAR_RASTER_SCALES",
     "bev_grid_shape",
     "invalid_point_mask",
     "prepare_image",
@@ -49,69 +45,42 @@ __all__ = [
     "project_points_reference",
     "radar_bev_raster",
     "radar_bev_raster_reference",
-    "radar_image_raster",
-    "radar_image_raster_reference",
     "warm_up",
 ]
-
-#: Image-plane raster channels, in order. A cell covered by no pillar is 0 in every channel;
-#: where pillars overlap, the point nearest the camera (smallest depth) wins the whole cell.
-#:
-#: - ``occupancy``: 1 where a pillar covers the cell;
-#: - ``depth``: the point's depth along the optical axis in metres / `DEPTH_NORM_M` (50 m -> 1);
-#: - ``v_r``: Doppler radial velocity in m/s / `VELOCITY_NORM_MPS` (20 m/s -> 1, + = receding);
-#: - ``rcs``: RCS in dBsm (or the sensor's magnitude) / `RCS_NORM_DB` (50 -> 1).
-RADAR_RASTER_CHANNELS: tuple[str, ...] = ("occupancy", "depth", "v_r", "rcs")
-
-DEPTH_NORM_M = 50.0
-VELOCITY_NORM_MPS = 20.0
-RCS_NORM_DB = 50.0
-#: BEV ``count`` channel: points per cell / this.
-BEV_COUNT_NORM = 8.0
-#: BEV ``z`` channel: mean height in metres / this.
-HEIGHT_NORM_M = 4.0
-
-#: Multipliers applied to each `RADAR_RASTER_CHANNELS` value.
-RADAR_RASTER_SCALES: tuple[float, ...] = (
-    1.0,
-    1.0 / DEPTH_NORM_M,
-    1.0 / VELOCITY_NORM_MPS,
-    1.0 / RCS_NORM_DB,
-)
-_RASTER_SCALES = np.asarray(RADAR_RASTER_SCALES, np.float64)  # built once, not per frame
 
 #: Bird's-eye-view raster channels, in order; empty cells are 0 everywhere.
 #:
 #: - ``occupancy``: 1 where any point falls in the cell;
-#: - ``count``: number of points / `BEV_COUNT_NORM` (not clipped);
-#: - ``z``: mean height of the cell's points in metres / `HEIGHT_NORM_M`;
-#: - ``v_r``: mean radial velocity in m/s / `VELOCITY_NORM_MPS`;
-#: - ``rcs``: largest RCS / `RCS_NORM_DB`.
-BEV_RASTER_CHANNELS: tuple[str, ...] = ("occupancy", "count", "z", "v_r", "rcs")
-
-BEV_RASTER_SCALES: tuple[float, ...] = (
-    1.0,
-    1.0 / BEV_COUNT_NORM,
-    1.0 / HEIGHT_NORM_M,
-    1.0 / VELOCITY_NORM_MPS,
-    1.0 / RCS_NORM_DB,
+#: - ``log_count``: log(1 + points in the cell);
+#: - ``rcs_mean``, ``rcs_max``: the points' RCS (or magnitude) as (rcs - offset) / scale;
+#: - ``height_mean``, ``height_min``, ``height_max``: metres above the ground plane
+#:   z = a + b * x (a radar pitched down sees the road rise with range);
+#: - ``v_r_mean``, ``v_r_abs_max``: radial velocity / its scale (+ = receding).
+BEV_RASTER_CHANNELS: tuple[str, ...] = (
+    "occupancy",
+    "log_count",
+    "rcs_mean",
+    "rcs_max",
+    "height_mean",
+    "height_min",
+    "height_max",
+    "v_r_mean",
+    "v_r_abs_max",
 )
+#: Defaults of `radar_bev_raster`'s normalisation: (rcs offset, rcs scale) and the v_r scale.
+DEFAULT_RCS_NORM: tuple[float, float] = (50.0, 10.0)
+DEFAULT_V_R_SCALE_MPS = 5.0
 
-#: Pillar (width, height) in metres that each radar point is expanded to, centred on the point
-#: and facing the camera; CenterFusion's 0.2 m x 1.5 m. Centred rather than standing on the
-#: point because a 4D radar measures elevation.
-DEFAULT_PILLAR_SIZE_M: tuple[float, float] = (0.2, 1.5)
-
-#: Per-channel RGB mean and standard deviation on the [0, 1] scale (ImageNet's, which the
-#: pretrained image backbones expect): ``out = (pixel / 255 - mean) / std``.
-IMAGE_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: RGB mean and standard deviation in pixel units, EfficientNet-Lite's preprocessing (the image
+#: branch's ImageNet weights expect it): ``out = (pixel - mean) / std``.
+IMAGE_MEAN: tuple[float, float, float] = (127.0, 127.0, 127.0)
+IMAGE_STD: tuple[float, float, float] = (128.0, 128.0, 128.0)
 
 #: Which `prepare_image` implementation is used by default: the faster one as measured by
 #: ``benchmarks/test_preprocess.py`` (group ``prepare_image``) on the project's 2-core CPU.
 IMAGE_BACKEND = "opencv"
 
-_IMAGE_GAIN = np.array([1.0 / (255.0 * s) for s in IMAGE_STD], dtype=np.float32)
+_IMAGE_GAIN = np.array([1.0 / s for s in IMAGE_STD], dtype=np.float32)
 _IMAGE_BIAS = np.array([-m / s for m, s in zip(IMAGE_MEAN, IMAGE_STD, strict=True)], np.float32)
 
 
@@ -133,13 +102,6 @@ def _camera(ref_to_cam: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if not (np.all(np.isfinite(ref_to_cam)) and np.all(np.isfinite(K))):
         raise ValueError("ref_to_cam and K must be finite; check the calibration")
     return ref_to_cam, K
-
-
-def _check_grid(grid_h: int, grid_w: int, stride: int) -> None:
-    if grid_h <= 0 or grid_w <= 0 or stride <= 0:
-        raise ValueError(
-            f"grid {grid_h}x{grid_w} and stride {stride} must all be positive integers"
-        )
 
 
 def invalid_point_mask(points: np.ndarray) -> np.ndarray:
@@ -196,102 +158,6 @@ def _to_pixels(cx, cy, cz, K):
     ) / w
 
 
-def radar_image_raster(
-    points: np.ndarray,
-    ref_to_cam: np.ndarray,
-    K: np.ndarray,
-    grid_h: int,
-    grid_w: int,
-    stride: int,
-    pillar_size_m: tuple[float, float] = DEFAULT_PILLAR_SIZE_M,
-) -> np.ndarray:
-    """Rasterise radar points as pillars onto the image plane at the model's feature stride.
-
-    `points` is (N,) `RADAR_POINT_DTYPE` in the reference (radar) frame, `ref_to_cam` the 4x4
-    reference -> camera transform and `K` the intrinsics at the model's input size. Each point
-    becomes a camera-facing rectangle of `pillar_size_m` (width, height) metres centred on it;
-    every cell the rectangle touches gets the point's values, the nearest point winning where
-    rectangles overlap (ties: the earlier point). Returns float32
-    (len(RADAR_RASTER_CHANNELS), grid_h, grid_w).
-    """
-    _check_grid(grid_h, grid_w, stride)
-    x, y, z, v_r, rcs = _columns(points)
-    ref_to_cam, K = _camera(ref_to_cam, K)
-    out = np.empty((len(RADAR_RASTER_CHANNELS), grid_h, grid_w), np.float32)
-    scratch = np.empty((grid_h, grid_w), np.float64)
-    _kernels.image_raster(
-        x,
-        y,
-        z,
-        v_r,
-        rcs,
-        ref_to_cam,
-        K,
-        int(stride),
-        float(pillar_size_m[0]) / 2.0,
-        float(pillar_size_m[1]) / 2.0,
-        _RASTER_SCALES,
-        out,
-        scratch,
-    )
-    return out
-
-
-def radar_image_raster_reference(
-    points: np.ndarray,
-    ref_to_cam: np.ndarray,
-    K: np.ndarray,
-    grid_h: int,
-    grid_w: int,
-    stride: int,
-    pillar_size_m: tuple[float, float] = DEFAULT_PILLAR_SIZE_M,
-) -> np.ndarray:
-    """Numpy twin of `radar_image_raster` (vectorised: expand pillars to (point, cell) pairs,
-    sort by cell, depth and point index, keep the first pair of each cell)."""
-    _check_grid(grid_h, grid_w, stride)
-    x, y, z, v_r, rcs = _columns(points)
-    ref_to_cam, K = _camera(ref_to_cam, K)
-    out = np.zeros((len(RADAR_RASTER_CHANNELS), grid_h, grid_w), np.float32)
-    finite = ~invalid_point_mask(points)
-    idx = np.flatnonzero(finite)
-    cx, cy, cz = _to_camera(
-        x[idx].astype(np.float64), y[idx].astype(np.float64), z[idx].astype(np.float64), ref_to_cam
-    )
-    in_front = cz > MIN_DEPTH_M
-    idx, cx, cy, cz = idx[in_front], cx[in_front], cy[in_front], cz[in_front]
-    u, v = _to_pixels(cx, cy, cz, K)
-    du = K[0, 0] * (float(pillar_size_m[0]) / 2.0) / cz
-    dv = K[1, 1] * (float(pillar_size_m[1]) / 2.0) / cz
-    gx0, gx1 = np.floor((u - du) / stride), np.floor((u + du) / stride)
-    gy0, gy1 = np.floor((v - dv) / stride), np.floor((v + dv) / stride)
-    touches = (gx1 >= 0) & (gy1 >= 0) & (gx0 <= grid_w - 1) & (gy0 <= grid_h - 1)
-    keep = np.flatnonzero(touches)
-    ix0 = np.maximum(gx0[keep], 0).astype(np.int64)
-    ix1 = np.minimum(gx1[keep], grid_w - 1).astype(np.int64)
-    iy0 = np.maximum(gy0[keep], 0).astype(np.int64)
-    iy1 = np.minimum(gy1[keep], grid_h - 1).astype(np.int64)
-    n_x = ix1 - ix0 + 1
-    n_cells = n_x * (iy1 - iy0 + 1)
-    if n_cells.sum() == 0:
-        return out
-    pair = np.repeat(np.arange(len(keep)), n_cells)
-    local = np.arange(n_cells.sum()) - np.repeat(np.cumsum(n_cells) - n_cells, n_cells)
-    cell = (iy0[pair] + local // n_x[pair]) * grid_w + ix0[pair] + local % n_x[pair]
-    depth = cz[keep][pair]
-    order = np.lexsort((pair, depth, cell))
-    cell, winner = cell[order], pair[order]
-    first = np.ones(len(cell), dtype=bool)
-    first[1:] = cell[1:] != cell[:-1]
-    cell, winner = cell[first], keep[winner[first]]
-    src = idx[winner]
-    flat = out.reshape(len(RADAR_RASTER_CHANNELS), -1)
-    flat[0, cell] = 1.0
-    flat[1, cell] = (cz[winner] * RADAR_RASTER_SCALES[1]).astype(np.float32)
-    flat[2, cell] = (v_r[src].astype(np.float64) * RADAR_RASTER_SCALES[2]).astype(np.float32)
-    flat[3, cell] = (rcs[src].astype(np.float64) * RADAR_RASTER_SCALES[3]).astype(np.float32)
-    return out
-
-
 def bev_grid_shape(
     x_range_m: tuple[float, float], y_range_m: tuple[float, float], cell_m: float
 ) -> tuple[int, int]:
@@ -308,15 +174,19 @@ def bev_grid_shape(
 
 def radar_bev_raster(
     points: np.ndarray,
-    x_range_m: tuple[float, float] = (0.0, 100.0),
-    y_range_m: tuple[float, float] = (-40.0, 40.0),
-    cell_m: float = 0.5,
+    x_range_m: tuple[float, float] = (0.0, 51.2),
+    y_range_m: tuple[float, float] = (-25.6, 25.6),
+    cell_m: float = 0.4,
+    ground_plane: tuple[float, float] = (0.0, 0.0),
+    rcs_norm: tuple[float, float] = DEFAULT_RCS_NORM,
+    v_r_scale_mps: float = DEFAULT_V_R_SCALE_MPS,
 ) -> np.ndarray:
     """Bird's-eye-view raster of radar points (reference frame); float32
-    (len(BEV_RASTER_CHANNELS), rows, cols) with the shape of `bev_grid_shape`."""
+    (len(BEV_RASTER_CHANNELS), rows, cols) with the shape of `bev_grid_shape`. Heights are
+    measured above the plane z = ground_plane[0] + ground_plane[1] * x."""
     rows, cols = bev_grid_shape(x_range_m, y_range_m, cell_m)
     x, y, z, v_r, rcs = _columns(points)
-    out = np.empty((len(BEV_RASTER_CHANNELS), rows, cols), np.float32)
+    out = np.zeros((len(BEV_RASTER_CHANNELS), rows, cols), np.float32)
     _kernels.bev_raster(
         x,
         y,
@@ -326,40 +196,83 @@ def radar_bev_raster(
         float(x_range_m[1]),
         float(y_range_m[1]),
         float(cell_m),
-        np.asarray(BEV_RASTER_SCALES, np.float64),
+        _bev_params(ground_plane, rcs_norm, v_r_scale_mps),
         out,
+        _scratch(rows * cols),
     )
     return out
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(cells: int) -> np.ndarray:
+    """The raster kernel's accumulators, kept per thread and grid size between frames."""
+    acc = getattr(_SCRATCH, "acc", None)
+    if acc is None or acc.shape[0] != cells:
+        acc = _SCRATCH.acc = np.empty((cells, 8), np.float64)
+    return acc
+
+
+def _bev_params(
+    ground_plane: tuple[float, float], rcs_norm: tuple[float, float], v_r_scale_mps: float
+) -> np.ndarray:
+    if rcs_norm[1] <= 0 or v_r_scale_mps <= 0:
+        raise ValueError(f"rcs scale {rcs_norm[1]} and v_r scale {v_r_scale_mps} must be > 0")
+    return np.array([*ground_plane, *rcs_norm, v_r_scale_mps], np.float64)
+
+
 def radar_bev_raster_reference(
     points: np.ndarray,
-    x_range_m: tuple[float, float] = (0.0, 100.0),
-    y_range_m: tuple[float, float] = (-40.0, 40.0),
-    cell_m: float = 0.5,
+    x_range_m: tuple[float, float] = (0.0, 51.2),
+    y_range_m: tuple[float, float] = (-25.6, 25.6),
+    cell_m: float = 0.4,
+    ground_plane: tuple[float, float] = (0.0, 0.0),
+    rcs_norm: tuple[float, float] = DEFAULT_RCS_NORM,
+    v_r_scale_mps: float = DEFAULT_V_R_SCALE_MPS,
 ) -> np.ndarray:
     """Numpy twin of `radar_bev_raster`."""
     rows, cols = bev_grid_shape(x_range_m, y_range_m, cell_m)
-    x, y, z, v_r, rcs = _columns(points)
-    out = np.zeros((len(BEV_RASTER_CHANNELS), rows, cols), np.float32)
-    finite = ~invalid_point_mask(points)
-    row = np.floor((float(x_range_m[1]) - x[finite].astype(np.float64)) / float(cell_m))
-    col = np.floor((float(y_range_m[1]) - y[finite].astype(np.float64)) / float(cell_m))
+    a, b, rcs_offset, rcs_scale, v_scale = _bev_params(ground_plane, rcs_norm, v_r_scale_mps)
+    x, y, z, v_r, rcs = (
+        c[~invalid_point_mask(points)].astype(np.float64) for c in _columns(points)
+    )
+    row = np.floor((float(x_range_m[1]) - x) / float(cell_m))
+    col = np.floor((float(y_range_m[1]) - y) / float(cell_m))
     inside = (row >= 0) & (col >= 0) & (row <= rows - 1) & (col <= cols - 1)
     cell = row[inside].astype(np.int64) * cols + col[inside].astype(np.int64)
+    x, z, v_r, rcs = x[inside], z[inside], v_r[inside], rcs[inside]
+    r = (rcs - rcs_offset) / rcs_scale
+    h = z - (a + b * x)
+    v = v_r / v_scale
     size = rows * cols
     count = np.bincount(cell, minlength=size)
-    sum_z = np.bincount(cell, weights=z[finite][inside].astype(np.float64), minlength=size)
-    sum_v = np.bincount(cell, weights=v_r[finite][inside].astype(np.float64), minlength=size)
-    max_rcs = np.full(size, -np.inf)
-    np.maximum.at(max_rcs, cell, rcs[finite][inside].astype(np.float64))
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.bincount(cell, weights=values, minlength=size)
+
+    def extreme(values: np.ndarray, ufunc: np.ufunc, start: float) -> np.ndarray:
+        out = np.full(size, start)
+        ufunc.at(out, cell, values)
+        return out
+
     hit = count > 0
+    n = count[hit]
+    channels = (
+        np.ones(len(n)),
+        np.log1p(n.astype(np.float64)),
+        total(r)[hit] / n,
+        extreme(r, np.maximum, -np.inf)[hit],
+        total(h)[hit] / n,
+        extreme(h, np.minimum, np.inf)[hit],
+        extreme(h, np.maximum, -np.inf)[hit],
+        total(v)[hit] / n,
+        extreme(np.abs(v), np.maximum, 0.0)[hit],
+    )
+    out = np.zeros((len(BEV_RASTER_CHANNELS), rows, cols), np.float32)
     flat = out.reshape(len(BEV_RASTER_CHANNELS), -1)
-    flat[0, hit] = 1.0
-    flat[1, hit] = count[hit] * BEV_RASTER_SCALES[1]
-    flat[2, hit] = sum_z[hit] / count[hit] * BEV_RASTER_SCALES[2]
-    flat[3, hit] = sum_v[hit] / count[hit] * BEV_RASTER_SCALES[3]
-    flat[4, hit] = max_rcs[hit] * BEV_RASTER_SCALES[4]
+    for k, values in enumerate(channels):
+        flat[k, hit] = values
     return out
 
 
@@ -459,7 +372,6 @@ def warm_up() -> None:
         xyz = np.zeros((1, 3))
         for array in (points, image, xyz):
             array.flags.writeable = writeable
-        radar_image_raster(points, ref_to_cam, K, 4, 4, 4)
         radar_bev_raster(points, (0.0, 4.0), (-2.0, 2.0), 1.0)
         project_points(xyz, ref_to_cam, K)
         prepare_image_numba(image, 2, 2)

@@ -350,36 +350,3 @@ def motion_compensate(
     out["z"] = z
     out["dt_s"] = 0.0
     return out
-
-
-def synced_points(
-    synced: SyncedFrame,
-    ego_speed_mps: float = 0.0,
-    ego_yaw_rate_rps: float = 0.0,
-    *,
-    compensate: bool = True,
-    v_r_over_ground: bool = False,
-    velocity_model: str = "along_x",
-) -> np.ndarray:
-    """All radar points of a synced frame in one array, motion-compensated to the camera's
-    capture time with `motion_compensate` (unless `compensate` is False); empty for a
-    camera-only frame."""
-    arrays = []
-    for scan in synced.radar:
-        if not compensate:
-            arrays.append(scan.points)
-            continue
-        dt_s = (synced.camera.capture_ns - scan.capture_ns) * 1e-9
-        arrays.append(
-            motion_compensate(
-                scan.points,
-                dt_s,
-                ego_speed_mps,
-                ego_yaw_rate_rps,
-                v_r_over_ground=v_r_over_ground,
-                velocity_model=velocity_model,
-            )
-        )
-    if not arrays:
-        return np.zeros(0, RADAR_POINT_DTYPE)
-    return np.concatenate(arrays)

@@ -1,0 +1,174 @@
+"""Labelled frames with their frozen backbone features, computed once and kept on disk.
+
+The image branch's backbone keeps its ImageNet weights
+(`fusion.model.network.FrozenBackbone`), so its outputs for a frame never change during
+training: `FeatureSet` holds its three taps (strides 8, 16, 32) for every frame and for its
+mirror image (the flip augmentation), in fp16, beside the frames themselves. An epoch then pays
+only for the trainable layers, which is what lets the default Astyx training fit its 15-minute
+budget on two cores.
+
+`cached_features` keeps a feature set under ``cache_dir`` in a safetensors file (tensors and
+raw arrays, a JSON header; nothing is unpickled), named by a hash of the data's description,
+the input size, the backbone weights and `CACHE_VERSION`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusion.learn.data import LabelledFrame
+from fusion.model.config import ModelConfig
+from fusion.model.efficientnet import load_pretrained, pretrained_digest
+from fusion.model.inputs import encode_image
+from fusion.model.network import FrozenBackbone
+from fusion.perception.frame import FrameInputs
+from fusion.perception.geometry import CameraModel
+from fusion.wire.messages import GT_BOX_DTYPE, RADAR_POINT_DTYPE
+
+log = logging.getLogger(__name__)
+
+#: Bump when what a cached feature set holds or how it is computed changes.
+CACHE_VERSION = 2
+MAP_NAMES = ("f8", "f16", "f32")
+
+
+@dataclass
+class FeatureSet:
+    """Frames and their frozen backbone maps in fp16: ``maps["f8"]`` (N, 40, H/8, W/8),
+    ``maps["f16"]`` (N, 112, H/16, W/16), ``maps["f32"]`` (N, 320, H/32, W/32), and the same for
+    the mirrored images under ``"f8_mirror"`` and so on."""
+
+    frames: list[LabelledFrame]
+    maps: dict[str, torch.Tensor]
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def subset(self, indices: Sequence[int]) -> FeatureSet:
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        maps = {k: v[index] for k, v in self.maps.items()}
+        return FeatureSet([self.frames[i] for i in indices], maps, self.description)
+
+    def early(self, index: int, mirrored: bool) -> tuple[torch.Tensor, ...]:
+        """Frame `index`'s (f8, f16, f32), of its mirror image when `mirrored`."""
+        suffix = "_mirror" if mirrored else ""
+        return tuple(self.maps[name + suffix][index] for name in MAP_NAMES)
+
+
+@torch.inference_mode()
+def compute_features(
+    frames: list[LabelledFrame], cfg: ModelConfig, description: str, batch: int = 16
+) -> FeatureSet:
+    """Run the frozen backbone over every frame and its mirror image."""
+    backbone = FrozenBackbone(load_pretrained())
+    maps: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(frames), batch):
+        chunk = frames[start : start + batch]
+        images = np.stack([encode_image(f.inputs.image_bgr, cfg) for f in chunk])
+        for suffix, array in (("", images), ("_mirror", np.ascontiguousarray(images[..., ::-1]))):
+            for name, out in zip(MAP_NAMES, backbone(torch.from_numpy(array)), strict=True):
+                maps.setdefault(name + suffix, []).append(out.half())
+    joined = {k: torch.cat(v) for k, v in maps.items()}
+    return FeatureSet(frames, joined, description)
+
+
+def cached_features(
+    description: str,
+    make_frames: Callable[[], list[LabelledFrame]],
+    cfg: ModelConfig,
+    cache_dir: Path | None,
+) -> FeatureSet:
+    """The feature set of the frames `make_frames` builds, from ``cache_dir`` when there."""
+    key = json.dumps(
+        [CACHE_VERSION, description, cfg.input_w, cfg.input_h, pretrained_digest()]
+    ).encode()
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"features-{hashlib.sha256(key).hexdigest()[:16]}.safetensors"
+        if path.exists():
+            try:
+                return load_feature_set(path)
+            except Exception as exc:  # a damaged cache is rebuilt, never trusted
+                log.warning("cache %s unreadable (%s); rebuilding it", path, exc)
+    features = compute_features(make_frames(), cfg, description)
+    if path is not None:
+        save_feature_set(features, path)
+    return features
+
+
+def save_feature_set(features: FeatureSet, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    frames = features.frames
+    tensors = {f"map.{k}": v for k, v in features.maps.items()}
+    meta = []
+    for i, f in enumerate(frames):
+        tensors[f"image.{i}"] = torch.from_numpy(np.ascontiguousarray(f.inputs.image_bgr))
+        tensors[f"points.{i}"] = torch.from_numpy(
+            np.ascontiguousarray(f.inputs.points).view(np.uint8).copy()
+        )
+        tensors[f"boxes.{i}"] = torch.from_numpy(
+            np.ascontiguousarray(f.boxes).view(np.uint8).copy()
+        )
+        cam = f.inputs.camera
+        meta.append(
+            {
+                "sequence": f.sequence,
+                "key": f.key,
+                "K": cam.K.tolist(),
+                "ref_to_cam": cam.ref_to_cam.tolist(),
+                "distortion": np.asarray(cam.distortion).tolist(),
+                "size": [cam.width_px, cam.height_px],
+            }
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(
+        tensors,
+        str(tmp),
+        metadata={"frames": json.dumps(meta), "description": features.description},
+    )
+    tmp.replace(path)
+
+
+def load_feature_set(path: Path) -> FeatureSet:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        meta = json.loads(header["frames"])
+        frames = []
+        for i, m in enumerate(meta):
+            camera = CameraModel(
+                np.array(m["K"]),
+                m["size"][0],
+                m["size"][1],
+                np.array(m["ref_to_cam"]),
+                np.array(m["distortion"]),
+            )
+            points = f.get_tensor(f"points.{i}").numpy().view(RADAR_POINT_DTYPE)
+            boxes = f.get_tensor(f"boxes.{i}").numpy().view(GT_BOX_DTYPE)
+            image = f.get_tensor(f"image.{i}").numpy()
+            frames.append(
+                LabelledFrame(FrameInputs(image, points, camera), boxes, m["sequence"], m["key"])
+            )
+        maps = {k[4:]: f.get_tensor(k) for k in f.keys() if k.startswith("map.")}  # noqa: SIM118
+    return FeatureSet(frames, maps, header.get("description", ""))
+
+
+def concatenate(sets: Sequence[FeatureSet]) -> FeatureSet:
+    """One feature set of several (same input size)."""
+    return FeatureSet(
+        [f for s in sets for f in s.frames],
+        {k: torch.cat([s.maps[k] for s in sets]) for k in sets[0].maps},
+        "; ".join(s.description for s in sets),
+    )

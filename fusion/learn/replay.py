@@ -1,0 +1,157 @@
+"""``fusion eval --replay REC.mcap``: accuracy of the pipeline users run, not of a script.
+
+The recording is replayed in lock-step through the live process graph (the player, the fusion
+node with the weights and ``--mode`` asked for, a recorder of its Detections), exactly as
+``fusion play --lockstep`` would; then every frame that has ground truth in the recording is
+scored from the recorded Detections with the protocol of `fusion.learn.evaluate.score`. The
+offline evaluation and this one use the same sync, preprocessing and model, so they must agree
+(docs/model.md keeps both figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fusion.errors import FusionError
+from fusion.learn.baselines import filter_detections_for_eval, filter_gt_for_eval
+from fusion.learn.evaluate import MAX_RANGE_M
+from fusion.learn.metrics import EvalResult, evaluate_detections
+from fusion.logs.reader import RecordingReader
+from fusion.perception.geometry import CameraModel
+from fusion.runtime.graph import GraphSpec, NodeSpec
+from fusion.runtime.launch import run_graph
+from fusion.wire.messages import Calibration, CameraFrame, Detections, GroundTruth
+
+PLAYED_TOPICS = ("camera", "radar", "calibration", "ego_motion")
+
+
+def replay_graph(
+    recording: Path, weights: Path, out: Path, mode: str, device: str, threads: int
+) -> GraphSpec:
+    """Player (lock-step) -> fusion node -> recorder of the Detections."""
+    fusion_args = ["--weights", str(weights), "--lockstep", "--mode", mode]
+    fusion_args += ["--device", device, "--threads", str(threads)]
+    return GraphSpec(
+        name="eval-replay",
+        nodes=[
+            NodeSpec.of_module(
+                "recorder",
+                "nodes.recorder",
+                ["-o", str(out / "detections.mcap"), "--topics", "detections"],
+                inputs=("detections",),
+                outputs=(),
+            ),
+            NodeSpec.of_module(
+                "fusion",
+                "nodes.fusion_node",
+                fusion_args,
+                inputs=PLAYED_TOPICS,
+                outputs=("detections",),
+            ),
+            NodeSpec.of_module(
+                "player",
+                "nodes.player",
+                [
+                    str(recording),
+                    "--lockstep",
+                    "--topics",
+                    ",".join(PLAYED_TOPICS),
+                    "--wait-subscribers-s",
+                    "300",
+                    "--no-progress",
+                ],
+                inputs=("detections",),
+                outputs=PLAYED_TOPICS,
+                finishes_graph=True,
+                restart="never",
+            ),
+        ],
+    )
+
+
+def score_replay(
+    recording: Path, detections_path: Path, classes: tuple[str, ...]
+) -> tuple[EvalResult, dict[str, int]]:
+    """Score the recorded Detections of a replay against the recording's ground truth; also
+    returns counts (frames with ground truth, answered, modes)."""
+    camera: CameraModel | None = None
+    capture_of: dict[int, int] = {}
+    truths: dict[int, np.ndarray] = {}
+    cameras: dict[int, CameraModel] = {}
+    for record in RecordingReader(recording).messages(
+        topics=["calibration", "camera", "ground_truth"]
+    ):
+        msg = record.decode()
+        if isinstance(msg, Calibration) and msg.width_px > 0:
+            camera = CameraModel.from_calibration(msg)
+        elif isinstance(msg, CameraFrame):
+            capture_of[msg.seq] = msg.capture_ns
+            if camera is not None:
+                cameras[msg.capture_ns] = camera
+        elif isinstance(msg, GroundTruth):
+            truths[msg.capture_ns] = msg.boxes
+    answers: dict[int, Detections] = {}
+    for record in RecordingReader(detections_path).messages(topics=["detections"]):
+        out = record.decode()
+        seq = out.source_seqs.get("camera")
+        if isinstance(out, Detections) and seq is not None:
+            answers[seq] = out
+    pairs, counts = [], {"frames_with_truth": 0, "answered": 0}
+    for seq, capture_ns in sorted(capture_of.items()):
+        if capture_ns not in truths or capture_ns not in cameras:
+            continue
+        counts["frames_with_truth"] += 1
+        out = answers.get(seq)
+        objects = (
+            out.objects if out is not None and out.valid else np.zeros(0, truths[capture_ns].dtype)
+        )
+        if out is not None:
+            counts["answered"] += 1
+            counts[f"mode_{out.mode}"] = counts.get(f"mode_{out.mode}", 0) + 1
+        cam = cameras[capture_ns]
+        pairs.append(
+            (
+                filter_detections_for_eval(objects, cam, MAX_RANGE_M)
+                if out is not None
+                else objects[:0],
+                filter_gt_for_eval(truths[capture_ns], cam, MAX_RANGE_M),
+            )
+        )
+    return evaluate_detections(pairs, classes, max_range_m=MAX_RANGE_M), counts
+
+
+def run_replay_eval(args: argparse.Namespace, weights: Path) -> int:
+    from fusion.model.weights import load_weights
+
+    cfg = load_weights(weights)[0].cfg
+    modes = ("fused", "camera_only", "radar_only") if args.ablation else (args.mode,)
+    report: dict = {"weights": str(weights), "recording": str(args.replay), "results": {}}
+    with tempfile.TemporaryDirectory(prefix="fusion-eval-") as tmp:
+        for mode in modes:
+            out = Path(tmp) / mode
+            out.mkdir()
+            started = time.monotonic()
+            node_mode = "auto" if mode == "fused" else mode
+            graph = replay_graph(args.replay, weights, out, node_mode, args.device, args.threads)
+            run_graph(graph, log_dir=out / "logs", status=False, finish_grace_s=2.0)
+            try:
+                result, counts = score_replay(args.replay, out / "detections.mcap", cfg.class_names)
+            except FusionError as exc:
+                print(f"fusion eval: the replay recorded nothing ({exc})", file=sys.stderr)
+                return 1
+            seconds = time.monotonic() - started
+            print(
+                f"\n== {mode}, live lock-step replay ({seconds:.0f} s): {counts}\n{result.table()}"
+            )
+            report["results"][mode] = result.to_dict() | {"counts": counts, "seconds": seconds}
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
