@@ -83,6 +83,7 @@ class Viewer:
             f"#{det.seq} {det.mode}  {len(objects)} objects  "
             f"latency {latency_ms:.0f} ms  health {det.health.get('score', float('nan')):.2f}"
             + ("  BUDGET MISS" if det.budget_miss else "")
+            + ("  SENSOR HEALTH FLAGGED" if det.health.get("ok", 1.0) == 0.0 else "")
         )
         view = viz.draw_camera(image, self.camera, objects, self.radar_points, header=header)
         bev = viz.draw_bev(400, objects, self.radar_points)

@@ -29,11 +29,13 @@ def sample(
     (then `rng` draws them), as served otherwise."""
     frame = features.frames[index]
     points, boxes, camera = frame.inputs.points, frame.boxes, frame.inputs.camera
-    mirrored = augment is not None and rng is not None and rng.random() < augment.flip
-    f8, f16, f32 = features.early(index, mirrored)
+    augmenting = augment is not None and rng is not None
+    mirrored = augmenting and rng.random() < augment.flip
+    variant = int(rng.integers(features.variants)) if augmenting else 0
+    f8, f16, f32 = features.early(index, mirrored, variant)
     if mirrored:
         points, boxes, camera = mirror(points, boxes, camera)
-    if augment is not None and rng is not None:
+    if augmenting:
         points, boxes, camera = similarity(
             points,
             boxes,

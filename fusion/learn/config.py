@@ -47,6 +47,8 @@ class TrainConfig:
 
     # --- augmentation, consistent across sensors (fusion.learn.augment) ---
     flip: float = 0.5  # chance of a mirrored frame: image, calibration, radar and boxes together
+    # the image as recorded or one of its cached photometric variants (exposure, white
+    # balance; fusion.learn.features), picked uniformly
     rotate_rad: float = 0.1  # world rotation about the camera, uniform +-
     scale: float = 0.05  # world scale about the camera (the image is unchanged), uniform +-
     shift_m: float = 2.0  # world shift along x, uniform +-

@@ -2,8 +2,9 @@
 
 The image branch's backbone keeps its ImageNet weights
 (`fusion.model.network.FrozenBackbone`), so its outputs for a frame never change during
-training: `FeatureSet` holds its three taps (strides 8, 16, 32) for every frame and for its
-mirror image (the flip augmentation), in fp16, beside the frames themselves. An epoch then pays
+training: `FeatureSet` holds its three taps (strides 8, 16, 32) for every frame, for its mirror
+image (the flip augmentation) and for a photometric variant of both (another exposure and white
+balance), in fp16, beside the frames themselves. An epoch then pays
 only for the trainable layers, which is what lets the default Astyx training fit its 15-minute
 budget on two cores.
 
@@ -36,15 +37,18 @@ from fusion.wire.messages import GT_BOX_DTYPE, RADAR_POINT_DTYPE
 log = logging.getLogger(__name__)
 
 #: Bump when what a cached feature set holds or how it is computed changes.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 MAP_NAMES = ("f8", "f16", "f32")
+#: Photometric variants cached per frame beside the image as recorded (each also mirrored).
+PHOTOMETRIC_VARIANTS = 1
 
 
 @dataclass
 class FeatureSet:
     """Frames and their frozen backbone maps in fp16: ``maps["f8"]`` (N, 40, H/8, W/8),
     ``maps["f16"]`` (N, 112, H/16, W/16), ``maps["f32"]`` (N, 320, H/32, W/32), and the same for
-    the mirrored images under ``"f8_mirror"`` and so on."""
+    the mirrored images (``"f8_mirror"``), the photometric variants (``"f8_photo1"``) and their
+    mirror images (``"f8_photo1_mirror"``)."""
 
     frames: list[LabelledFrame]
     maps: dict[str, torch.Tensor]
@@ -58,25 +62,57 @@ class FeatureSet:
         maps = {k: v[index] for k, v in self.maps.items()}
         return FeatureSet([self.frames[i] for i in indices], maps, self.description)
 
-    def early(self, index: int, mirrored: bool) -> tuple[torch.Tensor, ...]:
-        """Frame `index`'s (f8, f16, f32), of its mirror image when `mirrored`."""
-        suffix = "_mirror" if mirrored else ""
+    @property
+    def variants(self) -> int:
+        """How many photometric variants of each image the set holds (0 = as recorded)."""
+        return sum(1 for k in self.maps if k.startswith("f8_photo") and "mirror" not in k) + 1
+
+    def early(self, index: int, mirrored: bool, variant: int = 0) -> tuple[torch.Tensor, ...]:
+        """Frame `index`'s (f8, f16, f32) for photometric `variant` (0: the image as recorded),
+        of its mirror image when `mirrored`."""
+        suffix = (f"_photo{variant}" if variant else "") + ("_mirror" if mirrored else "")
         return tuple(self.maps[name + suffix][index] for name in MAP_NAMES)
+
+
+def photometric(image_bgr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The image under another exposure and white balance: gain 0.6-1.4, offset +-25 levels,
+    +-10 % per colour channel (the real frames vary in exposure more than 300 of them show)."""
+    gain = rng.uniform(0.6, 1.4) * rng.uniform(0.9, 1.1, 3)
+    offset = rng.uniform(-25.0, 25.0)
+    return np.clip(image_bgr.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
 
 
 @torch.inference_mode()
 def compute_features(
-    frames: list[LabelledFrame], cfg: ModelConfig, description: str, batch: int = 16
+    frames: list[LabelledFrame],
+    cfg: ModelConfig,
+    description: str,
+    photometric_variants: int = PHOTOMETRIC_VARIANTS,
+    batch: int = 16,
 ) -> FeatureSet:
-    """Run the frozen backbone over every frame and its mirror image."""
+    """Run the frozen backbone over every frame and its mirror image, as recorded and under
+    `photometric_variants` random exposures (seeded per frame, so the cache is reproducible)."""
     backbone = FrozenBackbone(load_pretrained())
     maps: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(frames), batch):
         chunk = frames[start : start + batch]
-        images = np.stack([encode_image(f.inputs.image_bgr, cfg) for f in chunk])
-        for suffix, array in (("", images), ("_mirror", np.ascontiguousarray(images[..., ::-1]))):
-            for name, out in zip(MAP_NAMES, backbone(torch.from_numpy(array)), strict=True):
-                maps.setdefault(name + suffix, []).append(out.half())
+        for variant in range(photometric_variants + 1):
+            prefix = f"_photo{variant}" if variant else ""
+            images = np.stack(
+                [
+                    encode_image(
+                        photometric(f.inputs.image_bgr, np.random.default_rng([start + i, variant]))
+                        if variant
+                        else f.inputs.image_bgr,
+                        cfg,
+                    )
+                    for i, f in enumerate(chunk)
+                ]
+            )
+            flipped = np.ascontiguousarray(images[..., ::-1])
+            for suffix, array in ((prefix, images), (prefix + "_mirror", flipped)):
+                for name, out in zip(MAP_NAMES, backbone(torch.from_numpy(array)), strict=True):
+                    maps.setdefault(name + suffix, []).append(out.half())
     joined = {k: torch.cat(v) for k, v in maps.items()}
     return FeatureSet(frames, joined, description)
 

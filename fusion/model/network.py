@@ -49,7 +49,7 @@ HEAD_CHANNELS = {"offset": 2, "z": 1, "log_dims": 3, "yaw": 2, "velocity": 2}
 #: The number of `fusion.perception.preprocess.radar_bev_raster` channels, and the width of the
 #: first radar convolution (at the raster's full resolution, where it costs the most).
 RADAR_CHANNELS = 9
-RADAR_STEM_CHANNELS = 16
+RADAR_STEM_CHANNELS = 32
 #: Pooled grid of each modality's features fed to the VAE (rows, cols).
 VAE_IMAGE_POOL = (2, 8)
 VAE_RADAR_POOL = (4, 4)
@@ -198,7 +198,7 @@ class FusionNet(nn.Module):
         self.lift = conv_bn(cfg.lift_channels * z + 1, c, 1)
         self.radar = nn.Sequential(
             conv_bn(RADAR_CHANNELS, RADAR_STEM_CHANNELS, 3),
-            SeparableBlock(RADAR_STEM_CHANNELS, c, stride=cfg.head_stride),
+            conv_bn(RADAR_STEM_CHANNELS, c, 3, s=cfg.head_stride),
         )
         self.fuse = conv_bn(2 * c + 2, c, 1)
         self.fine = nn.Sequential(SeparableBlock(c), SeparableBlock(c))
