@@ -5,14 +5,27 @@ camera frame whose radar matching is settled into one `Detections` message:
 
 1. **Sync**: camera frames are paired with radar scans by
 `fusion.perception.sync.ApproximateTimeSync`;
-   radar points are motion-compensated to the camera's capture time with the latest ego motion.
+   radar points are motion-compensated to the camera's capture time with the ego motion nearest
+   in time, unless it is older than `max_ego_age_ms` (counted, logged, and the output's
+   ``health`` says so: ``motion_compensated`` 0 and ``ego_age_ms``).
 2. **Budget**: a frame already older than `budget_ms` when it is picked up is dropped and
    counted (``stale``); a frame finished past its deadline is published with ``budget_miss``.
+   Age is measured from when the frame was due: its capture time, or for a replay at another
+   pace the moment its `ReplayControl` says it was due; an untimed replay has no age.
 3. **Mode**: ``fused`` when both sensors are healthy; ``camera_only`` when the radar is silent,
    invalid or matched nothing; ``radar_only`` when the camera has been silent for longer than its
    alive timeout (outputs then follow the radar's scans, at the radar's rate).
 4. **Model**: preprocess, infer, decode, each stamped into the output's trace (``synced``,
    ``preprocessed``, ``inferred``, ``decoded``), with the VAE health score in ``health``.
+
+**Lock-step** (``lockstep``): the inputs come from a lock-step replay, in the order the player
+sent them, and `control` is called with each of its steps. Everything is then decided by the
+data alone, so the outputs are the same on any machine: the synchroniser has no wall-clock
+deadline (a frame is released when the data or a step settle its pairing), nothing is dropped
+for age and no budget miss is counted (the capture stamps fall behind the clock as the replay
+runs slower than real time; latency is then measured from the frame's receipt), liveness
+(radar-only, camera-only) is judged on capture times, and every frame is answered, an unusable
+one with an invalid output.
 
 Every input that cannot be used is counted by reason in `counters` and logged (rate-limited);
 nothing raises out of `add` or `step` for bad data.
@@ -22,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,7 +46,12 @@ from fusion.core.ratelog import RateLimitedLog
 from fusion.errors import CalibrationError, FusionError, ImageError
 from fusion.perception.geometry import CameraModel
 from fusion.perception.image import camera_image
-from fusion.perception.sync import ApproximateTimeSync, SyncedFrame, synced_points
+from fusion.perception.sync import (
+    DEFAULT_SLOP_MS,
+    ApproximateTimeSync,
+    SyncedFrame,
+    synced_points,
+)
 from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
     Calibration,
@@ -42,6 +60,7 @@ from fusion.wire.messages import (
     EgoMotion,
     Message,
     RadarScan,
+    ReplayControl,
     empty_detections,
 )
 
@@ -53,6 +72,8 @@ MAX_RADAR_POINTS = 100_000
 CAMERA_TIMEOUT_NS = 250_000_000
 #: Radar silent for this long: frames go camera-only at once instead of waiting for the deadline.
 RADAR_TIMEOUT_NS = 400_000_000
+#: Ego motion messages kept to find the one nearest a frame (20 Hz: the last 0.8 s).
+EGO_BUFFER = 16
 
 
 class DetectorLike:
@@ -71,11 +92,13 @@ class PipelineConfig:
     drop_stale: bool = True  # drop frames already older than the budget when picked up
     # a radar scan matches a frame within this much capture time; a little over one 13 Hz radar
     # period, so every frame has a scan to fuse (motion compensation covers the offset)
-    slop_ms: float = 80.0
+    slop_ms: float = DEFAULT_SLOP_MS
     sync_deadline_ms: float = 10.0  # longest a frame waits for its radar match (ms)
     motion_compensation: bool = True
+    max_ego_age_ms: float = 200.0  # ego motion this far from a frame's capture is not used
     camera_sensor: str = "camera_front"
     answer_every_frame: bool = False  # lock-step replay: an unusable frame gets an invalid output
+    lockstep: bool = False  # decide by the data alone (see the module docstring)
 
 
 class FusionPipeline:
@@ -90,23 +113,31 @@ class FusionPipeline:
         self.clock_ns = clock_ns
         self.sync = ApproximateTimeSync(
             slop_ns=int(self.cfg.slop_ms * 1e6),
-            deadline_ns=int(self.cfg.sync_deadline_ms * 1e6),
+            deadline_ns=None if self.cfg.lockstep else int(self.cfg.sync_deadline_ms * 1e6),
             on_drop=self._on_sync_drop,
         )
+        self.answer_every_frame = self.cfg.answer_every_frame or self.cfg.lockstep
         self.camera: CameraModel | None = None
-        self.ego: EgoMotion | None = None
+        self.egos: deque[EgoMotion] = deque(maxlen=EGO_BUFFER)
         self.counters: Counter[str] = Counter()
         self.latency_ms = LatencyHistogram()  # capture -> detections decoded
         self.seq = 0
         self._last_camera_ns: int | None = None  # receive time, monotonic
         self._last_radar_ns: int | None = None
         self._radar_only_queue: list[RadarScan] = []
+        self._answers: list[Detections] = []  # lock-step answers to frames the sync dropped
+        self._data_ns = 0  # lock-step: the newest capture time fed, the clock of liveness
+        self._end_of_replay = False
+        self._pace: tuple[float, int] | None = None  # a replay's (rate, origin_ns)
         self._log = RateLimitedLog(log)
 
     # ---- inputs -------------------------------------------------------------------------
 
     def add(self, topic: str, msg: Message, now_ns: int | None = None) -> None:
         now_ns = self.clock_ns() if now_ns is None else now_ns
+        if self.cfg.lockstep and isinstance(msg, CameraFrame | RadarScan):
+            self._data_ns = max(self._data_ns, msg.capture_ns)
+            now_ns = self._data_ns
         if isinstance(msg, CameraFrame):
             self._last_camera_ns = now_ns
             self.counters["camera_in"] += 1
@@ -124,7 +155,22 @@ class FusionPipeline:
         elif isinstance(msg, Calibration):
             self._set_calibration(msg)
         elif isinstance(msg, EgoMotion):
-            self.ego = msg
+            self.egos.append(msg)
+        elif isinstance(msg, ReplayControl):
+            self._pace = (msg.rate, msg.origin_ns)
+
+    def control(self, msg: ReplayControl, now_ns: int | None = None) -> list[Detections]:
+        """A replay's control message: its pace (see `ReplayControl`) and, in lock-step, a step:
+        what it promises settles frames, which are processed now; the final step releases
+        everything. Returns the outputs to publish."""
+        self.add("replay_control", msg, now_ns)
+        if not (self.cfg.lockstep and msg.lockstep):
+            return []
+        if msg.final:
+            self._end_of_replay = True
+        else:
+            self.sync.complete_until(msg.sent_until_ns)
+        return self.step(now_ns)
 
     def _clean_radar(self, scan: RadarScan) -> RadarScan | None:
         points = scan.points
@@ -147,9 +193,11 @@ class FusionPipeline:
         except CalibrationError as exc:
             self._reject("bad_calibration", f"calibration of {calib.sensor_id} rejected: {exc}")
 
-    def _on_sync_drop(self, topic: str, _msg: Message, reason: str) -> None:
+    def _on_sync_drop(self, topic: str, msg: Message, reason: str) -> None:
         if reason != "camera_only":
             self.counters[f"sync_{topic}_{reason}"] += 1
+        if topic == "camera" and reason != "camera_only" and self.answer_every_frame:
+            self._answers.append(self._invalid(msg, self.clock_ns()))
 
     def _reject(self, reason: str, message: str) -> None:
         self.counters[reason] += 1
@@ -168,11 +216,14 @@ class FusionPipeline:
     def step(self, now_ns: int | None = None) -> list[Detections]:
         """Process every frame that is ready; returns the outputs to publish."""
         now_ns = self.clock_ns() if now_ns is None else now_ns
+        live_ns = self._data_ns if self.cfg.lockstep else now_ns
         ready = self.sync.pop_ready(now_ns)
-        if not self.radar_alive(now_ns):
+        if self._end_of_replay or (not self.cfg.lockstep and not self.radar_alive(now_ns)):
             ready += self.sync.flush(now_ns)  # no radar to wait for
-        outputs = [out for synced in ready if (out := self._process(synced)) is not None]
-        if self._radar_only_queue and not self.camera_alive(now_ns):
+            self._end_of_replay = False
+        outputs, self._answers = self._answers, []
+        outputs += [out for synced in ready if (out := self._process(synced)) is not None]
+        if self._radar_only_queue and not self.camera_alive(live_ns):
             scans, self._radar_only_queue = self._radar_only_queue, []
             outputs += [
                 out for scan in scans if (out := self._process_radar_only(scan)) is not None
@@ -192,8 +243,9 @@ class FusionPipeline:
         if image is None:
             return self._invalid(frame, picked_ns)
         points = np.zeros(0, RADAR_POINT_DTYPE)
+        marks: dict[str, float] = {}
         if synced.radar:
-            ego = self.ego
+            ego, marks = self._ego_for(frame)
             points = synced_points(
                 synced,
                 ego.speed_mps if ego else 0.0,
@@ -202,7 +254,23 @@ class FusionPipeline:
             )
         mode = "fused" if synced.radar else "camera_only"
         sources = {"camera": frame.seq, **({"radar": synced.radar[-1].seq} if synced.radar else {})}
-        return self._run(frame, image, points, mode, sources, picked_ns)
+        return self._run(frame, image, points, mode, sources, picked_ns, marks)
+
+    def _ego_for(self, frame: CameraFrame) -> tuple[EgoMotion | None, dict[str, float]]:
+        """The ego motion nearest the frame's capture (of two equally near, the earlier), if it
+        is recent enough to compensate with, and the marks for the output's health."""
+        if not self.egos:
+            return None, {}
+        ego = min(self.egos, key=lambda e: (abs(e.capture_ns - frame.capture_ns), e.capture_ns))
+        age_ms = abs(frame.capture_ns - ego.capture_ns) / 1e6
+        if age_ms <= self.cfg.max_ego_age_ms:
+            return ego, {"motion_compensated": 1.0, "ego_age_ms": age_ms}
+        self._reject(
+            "ego_motion_stale",
+            f"ego motion {age_ms:.0f} ms from camera frame {frame.seq} (limit "
+            f"{self.cfg.max_ego_age_ms:g} ms); radar not motion-compensated",
+        )
+        return None, {"motion_compensated": 0.0, "ego_age_ms": age_ms}
 
     def _process_radar_only(self, scan: RadarScan) -> Detections | None:
         picked_ns = self.clock_ns()
@@ -211,19 +279,21 @@ class FusionPipeline:
             return None
         if self.camera is None:
             self._reject("no_calibration", "no camera calibration yet; scan dropped")
-            return None
+            return self._invalid(scan, picked_ns)
         blank = np.zeros((self.camera.height_px, self.camera.width_px, 3), np.uint8)
         return self._run(scan, blank, scan.points, "radar_only", {"radar": scan.seq}, picked_ns)
 
-    def _invalid(self, frame: CameraFrame, picked_ns: int) -> Detections | None:
-        """The answer to an unusable frame: nothing, or in lock-step an invalid, empty output."""
-        if not self.cfg.answer_every_frame:
+    def _invalid(self, frame: Message, picked_ns: int) -> Detections | None:
+        """The answer to an unusable frame (or, radar-only, scan): nothing, or in lock-step an
+        invalid, empty output."""
+        if not self.answer_every_frame:
             return None
+        camera = isinstance(frame, CameraFrame)
         out = Detections(
             objects=empty_detections(),
-            mode="camera_only",
+            mode="camera_only" if camera else "radar_only",
             valid=False,
-            source_seqs={"camera": frame.seq},
+            source_seqs={"camera" if camera else "radar": frame.seq},
             seq=self.seq,
             capture_ns=frame.capture_ns,
             sensor_id="fusion",
@@ -234,11 +304,25 @@ class FusionPipeline:
         return out
 
     def _stale(self, capture_ns: int, now_ns: int, clock: str) -> bool:
+        due_ns = self._due_ns(capture_ns, clock)
         return (
             self.cfg.drop_stale
-            and clock == "monotonic"
-            and now_ns - capture_ns > self.cfg.budget_ms * 1e6
+            and due_ns is not None
+            and now_ns - due_ns > self.cfg.budget_ms * 1e6
         )
+
+    def _due_ns(self, capture_ns: int, clock: str) -> int | None:
+        """When a message stamped `capture_ns` was due on this host's monotonic clock: its
+        stamp, or as a replay's `ReplayControl` maps it; None where age means nothing (another
+        clock, an untimed replay, lock-step)."""
+        if clock != "monotonic" or self.cfg.lockstep:
+            return None
+        if self._pace is None:
+            return capture_ns
+        rate, origin_ns = self._pace
+        if rate <= 0:
+            return None
+        return origin_ns + int((capture_ns - origin_ns) / rate)
 
     def _image(self, frame: CameraFrame) -> np.ndarray | None:
         cfg = self.detector.cfg
@@ -265,6 +349,7 @@ class FusionPipeline:
         mode: str,
         sources: dict[str, int],
         picked_ns: int,
+        marks: dict[str, float] | None = None,
     ) -> Detections | None:
         trace = input_trace(source)
         trace["synced"] = picked_ns
@@ -277,21 +362,20 @@ class FusionPipeline:
             trace["decoded"] = self.clock_ns()
         except FusionError as exc:
             self._reject("model_error", f"model failed on {mode} input: {exc}")
-            return self._invalid(source, picked_ns) if isinstance(source, CameraFrame) else None
+            return self._invalid(source, picked_ns)
         self.counters[mode] += 1
-        budget_miss = (
-            source.clock == "monotonic"
-            and trace["decoded"] - source.capture_ns > self.cfg.budget_ms * 1e6
-        )
+        due_ns = self._due_ns(source.capture_ns, source.clock)
+        budget_miss = due_ns is not None and trace["decoded"] - due_ns > self.cfg.budget_ms * 1e6
         self.counters["budget_miss"] += budget_miss
-        if source.clock == "monotonic":
-            self.latency_ms.add((trace["decoded"] - source.capture_ns) / 1e6)
+        start_ns = trace.get("received") if due_ns is None else due_ns
+        if start_ns is not None:
+            self.latency_ms.add((trace["decoded"] - start_ns) / 1e6)
         out = Detections(
             objects=objects if len(objects) else empty_detections(),
             mode=mode,
             valid=True,
             budget_miss=bool(budget_miss),
-            health=health,
+            health={**health, **(marks or {})},
             source_seqs=sources,
             seq=self.seq,
             capture_ns=source.capture_ns,
