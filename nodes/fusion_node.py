@@ -198,16 +198,27 @@ def main(
         args.stats_period_s,
         lambda: with_input_problems(summary(pipeline, inputs), inputs),
     )
+
+    def hold(got: dict) -> None:
+        """Lock-step: into the gate, images decoding ahead while the model runs."""
+        for topic in INPUT_TOPICS:
+            for msg in got.get(topic, ()):
+                if topic == "camera":
+                    pipeline.prefetch(msg)
+                gate.add(topic, msg)
+
     try:
         while not shutdown:
             got = inputs.poll(POLL_MS)
-            arrived = [(topic, msg) for topic in INPUT_TOPICS for msg in got.get(topic, ())]
-            if gate is not None:
-                for topic, msg in arrived:
-                    gate.add(topic, msg)
+            if gate is None:
+                arrived = [(topic, msg) for topic in INPUT_TOPICS for msg in got.get(topic, ())]
+            else:
+                hold(got)
                 arrived = gate.release()
             for topic, msg in arrived:
                 if topic == CONTROL_TOPIC:
+                    if gate is not None:
+                        hold(inputs.poll(0))  # what came meanwhile decodes during this step
                     for out in pipeline.control(msg):
                         pub.send(out)
                 else:

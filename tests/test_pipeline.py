@@ -299,3 +299,17 @@ def test_jpeg_frames_are_decoded_reduced() -> None:
     _, data = cv2.imencode(".jpg", image)
     small = decode_jpeg(data.reshape(-1), W * 2, H * 2, 160, 90)
     assert small.shape == (H // 2, W // 2, 3)  # 1/4 scale still covers 160x90
+
+
+def test_lockstep_decodes_ahead_and_still_answers_an_undecodable_frame() -> None:
+    clock = Clock()
+    pipe = lockstep_pipeline(clock)
+    t = clock.t
+    bad = frame(0, t, image=np.frombuffer(b"notajpeg", np.uint8).copy(), encoding="jpeg")
+    pipe.prefetch(bad)  # as the node does on arrival, before the step
+    pipe.add("camera", bad)
+    _, data = cv2.imencode(".jpg", np.full((H, W, 3), 90, np.uint8))
+    pipe.add("camera", frame(1, t + 50 * MS, image=data.reshape(-1), encoding="jpeg"))
+    outs = pipe.control(step(0, final=True))
+    assert [(o.valid, o.source_seqs["camera"]) for o in outs] == [(False, 0), (True, 1)]
+    assert pipe.counters["bad_image"] == 1

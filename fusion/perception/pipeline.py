@@ -37,6 +37,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +130,10 @@ class FusionPipeline:
         self._data_ns = 0  # lock-step: the newest capture time fed, the clock of liveness
         self._end_of_replay = False
         self._pace: tuple[float, int] | None = None  # a replay's (rate, origin_ns)
+        # Lock-step: frames wait for their step, so their images are decoded meanwhile, beside
+        # the model (OpenCV releases the GIL); keyed by the frame's identity.
+        self._decoder = ThreadPoolExecutor(1, "decode-ahead") if self.cfg.lockstep else None
+        self._decoded: dict[int, Future] = {}
         self._log = RateLimitedLog(log)
 
     # ---- inputs -------------------------------------------------------------------------
@@ -142,6 +147,7 @@ class FusionPipeline:
             self._last_camera_ns = now_ns
             self.counters["camera_in"] += 1
             self._radar_only_queue.clear()
+            self.prefetch(msg)
             self.sync.add_camera(msg, now_ns)
         elif isinstance(msg, RadarScan):
             self.counters["radar_in"] += 1
@@ -158,6 +164,14 @@ class FusionPipeline:
             self.egos.append(msg)
         elif isinstance(msg, ReplayControl):
             self._pace = (msg.rate, msg.origin_ns)
+
+    def prefetch(self, frame: CameraFrame) -> None:
+        """Lock-step: start decoding `frame`'s image now, in a thread beside the model; the
+        frame, once added and synced, uses it (a node calls this as frames arrive, before their
+        step)."""
+        if self._decoder is not None and id(frame) not in self._decoded:
+            size = (self.detector.cfg.input_w, self.detector.cfg.input_h)
+            self._decoded[id(frame)] = self._decoder.submit(camera_image, frame, size)
 
     def control(self, msg: ReplayControl, now_ns: int | None = None) -> list[Detections]:
         """A replay's control message: its pace (see `ReplayControl`) and, in lock-step, a step:
@@ -195,6 +209,7 @@ class FusionPipeline:
 
     def _on_sync_drop(self, topic: str, msg: Message, reason: str) -> None:
         if reason != "camera_only":
+            self._decoded.pop(id(msg), None)
             self.counters[f"sync_{topic}_{reason}"] += 1
         if topic == "camera" and reason != "camera_only" and self.answer_every_frame:
             self._answers.append(self._invalid(msg, self.clock_ns()))
@@ -326,8 +341,12 @@ class FusionPipeline:
 
     def _image(self, frame: CameraFrame) -> np.ndarray | None:
         cfg = self.detector.cfg
+        decoded = self._decoded.pop(id(frame), None)
         try:
-            image = camera_image(frame, (cfg.input_w, cfg.input_h))
+            if decoded is not None:
+                image = decoded.result()
+            else:
+                image = camera_image(frame, (cfg.input_w, cfg.input_h))
         except ImageError as exc:
             self._reject("bad_image", str(exc))
             return None
