@@ -4,11 +4,15 @@ The camera runs at its nominal rate from t = 0; the radar runs on its own clock 
 and a little jitter per scan), so the two are never aligned. Ego motion and ground truth come
 with each camera frame, at its capture time; calibrations come first and then once per second.
 One `numpy.random.SeedSequence` per seed feeds independent generators for the world, the
-camera and the radar, so the same seed gives byte-identical messages whatever is consumed.
+camera and the radar, so the same seed gives byte-identical messages whatever is consumed, and
+on any x86-64 CPU: what is written is computed without numpy's CPU-specific vectorised
+transcendental functions and BLAS products (`fusion.sim._exact`), and the ego motion's floats,
+written at full precision, are also rounded to `EGO_DECIMALS` decimal places.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterator
 
 import cv2
@@ -16,6 +20,7 @@ import numpy as np
 
 from fusion.errors import ConfigError
 from fusion.perception.geometry import CameraModel
+from fusion.sim import _exact as ex
 from fusion.sim.camera import Renderer, camera_calibrations, world_to_ref
 from fusion.sim.radar import RadarModel
 from fusion.sim.scenarios import SCENARIOS
@@ -33,6 +38,10 @@ CLOCK = "sim"
 CALIBRATION_PERIOD_NS = 1_000_000_000
 #: Radar scan-time jitter, as a fraction of its period (standard deviation).
 RADAR_JITTER = 0.03
+#: Ego motion values are written rounded to this many decimal places (nm, nrad, nm/s ...), so
+#: the last bits of a C library's sin or atan2 (which may differ between its builds for CPUs
+#: with and without FMA) cannot reach the file.
+EGO_DECIMALS = 9
 
 # Order of messages that share a capture time.
 _CALIBRATION, _CAMERA, _RADAR = 0, 1, 2
@@ -142,7 +151,7 @@ def _drive(
             continue
         ego = world.ego_at(t)
         state = world.actors_at(t)
-        dist = np.hypot(state.x - ego.x, state.y - ego.y)
+        dist = ex.hypot(state.x - ego.x, state.y - ego.y)
         if kind == _RADAR:
             if "radar" not in wanted:
                 continue
@@ -165,12 +174,12 @@ def _drive(
                 EgoMotion(
                     **stamp,
                     sensor_id="ego",
-                    x_m=ego.x,
-                    y_m=ego.y,
-                    yaw_rad=ego.yaw,
-                    speed_mps=ego.speed,
-                    yaw_rate_rps=ego.yaw_rate,
-                    accel_mps2=ego.accel,
+                    x_m=round(ego.x, EGO_DECIMALS),
+                    y_m=round(ego.y, EGO_DECIMALS),
+                    yaw_rad=round(ego.yaw, EGO_DECIMALS),
+                    speed_mps=round(ego.speed, EGO_DECIMALS),
+                    yaw_rate_rps=round(ego.yaw_rate, EGO_DECIMALS),
+                    accel_mps2=round(ego.accel, EGO_DECIMALS),
                 ),
             )
         if "ground_truth" in wanted:
@@ -202,7 +211,7 @@ def _boxes(world: World, ego, state, idx: np.ndarray, occlusion: np.ndarray) -> 
     boxes = np.zeros(len(idx), dtype=GT_BOX_DTYPE)
     x, y = world_to_ref(ego, state.x[idx], state.y[idx])
     size = world.actors.size[idx]
-    c, s = np.cos(ego.yaw), np.sin(ego.yaw)
+    c, s = math.cos(ego.yaw), math.sin(ego.yaw)
     vx, vy = state.vx[idx], state.vy[idx]
     boxes["class_id"] = world.actors.class_id[idx]
     boxes["track_id"] = idx
