@@ -216,13 +216,10 @@ def main(
                 hold(got)
                 arrived = gate.release()
             for topic, msg in arrived:
-                if topic == CONTROL_TOPIC:
-                    if gate is not None:
-                        hold(inputs.poll(0))  # what came meanwhile decodes during this step
-                    for out in pipeline.control(msg):
-                        pub.send(out)
-                else:
-                    pipeline.add(topic, msg)
+                if topic == CONTROL_TOPIC and gate is not None:
+                    hold(inputs.poll(0))  # what came meanwhile decodes during this step
+                for out in pipeline.feed(topic, msg):
+                    pub.send(out)
             for out in pipeline.step():
                 pub.send(out)
             stats.tick()

@@ -165,6 +165,15 @@ class FusionPipeline:
         elif isinstance(msg, ReplayControl):
             self._pace = (msg.rate, msg.origin_ns)
 
+    def feed(self, topic: str, msg: Message) -> list[Detections]:
+        """One input in the order a lock-step replay sent it: a `ReplayControl` step goes to
+        `control` (returning its outputs), anything else to `add`. The fusion node and
+        `tests/process_replay.py` feed a lock-step replay through this one door."""
+        if isinstance(msg, ReplayControl):
+            return self.control(msg)
+        self.add(topic, msg)
+        return []
+
     def prefetch(self, frame: CameraFrame) -> None:
         """Lock-step: start decoding `frame`'s image now, in a thread beside the model; the
         frame, once added and synced, uses it (a node calls this as frames arrive, before their
