@@ -2,7 +2,8 @@
 
 Sources: ``sim:SCENARIO[:SEED]`` (the simulator's radar and ego motion), ``recording:FILE``
 (the radar and ego-motion topics of a recording), ``udp:HOST:PORT`` (a sensor bridge sending
-the datagrams described in `fusion.sensors.radar.UdpRadarDriver`). Replayed and simulated scans
+the datagrams described in `fusion.sensors.radar.UdpRadarDriver`: the sensor's own scan counter,
+so lost datagrams are counted, and its capture time when it has one). Replayed and simulated scans
 are released at their own timing and restamped onto this host's monotonic clock. The radar frame
 is the reference frame, so a single radar needs no calibration message.
 
@@ -45,7 +46,9 @@ def drive(
 ) -> int:
     sent = 0
     stats = node.StatsLine(
-        "radar", stats_period_s, lambda: f"{sent} scans sent, {driver.rejected} rejected"
+        "radar",
+        stats_period_s,
+        lambda: f"{sent} scans sent, {driver.rejected} rejected, {driver.lost} lost",
     )
     while not shutdown:
         scan = driver.read_scan(timeout_s=0.2)
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None, driver: RadarDriver | None = None) -> in
             pub.close()
         if driver is not None:
             driver.close()
-    log.info("radar: %d scans sent", sent)
+    lost = f", {driver.lost} lost, {driver.rejected} rejected" if driver is not None else ""
+    log.info("radar: %d scans sent%s", sent, lost)
     return 0
 
 
