@@ -37,7 +37,9 @@ def replayed(args: argparse.Namespace, pacer: Pacer) -> Iterator[tuple[str, Mess
     kind, parts = sources.parse_source(args.source)
     if kind not in ("sim", "recording"):
         raise ConfigError(f"the radar node cannot replay a {kind} source")
-    options = {"duration_s": args.duration_s} if kind == "sim" else {}
+    options = {}
+    if kind == "sim":  # a restart joins the drive's present
+        options = {"duration_s": args.duration_s, "start_s": pacer.start_offset_ns() / 1e9}
     return paced(sources.replayed_messages(kind, parts, TOPICS, **options), pacer)
 
 

@@ -259,3 +259,13 @@ def test_camera_stamps_of_a_real_video_file(tmp_path) -> None:
     finally:
         capture.release()
     assert stamps == [0, 40_000_000, 80_000_000, 120_000_000]
+
+
+def test_an_epoch_anchored_producer_starting_late_starts_its_source_at_the_present() -> None:
+    s = 1_000_000_000
+    late = Pacer(epoch_ns=time.monotonic_ns() - 5 * s)
+    assert 5 * s <= late.start_offset_ns() < 6 * s
+    assert Pacer(epoch_ns=time.monotonic_ns() + s).start_offset_ns() == 0  # not started yet
+    assert Pacer().start_offset_ns() == 0  # not anchored: from the source's start
+    late.wait(late.start_offset_ns())
+    assert late.start_offset_ns() == 0  # once running, nothing to skip

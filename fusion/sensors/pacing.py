@@ -43,6 +43,14 @@ class Pacer:
         self._last_source_ns = 0
         self._last_gap_ns = 0
 
+    def start_offset_ns(self) -> int:
+        """How far into its source an epoch-anchored producer (re)starting now should begin:
+        what is already past would only be skipped, and a simulated camera that renders every
+        skipped frame falls further behind than it catches up on a busy machine."""
+        if self.epoch_ns is None or self._t0_ns is not None or self.rate <= 0:
+            return 0
+        return max(0, int((time.monotonic_ns() - self.epoch_ns) * self.rate))
+
     def wait(self, source_ns: int) -> int | None:
         """Sleep until `source_ns` is due; return the monotonic time it was due at (released at
         when untimed), or None for a message already past due at an epoch-anchored (re)start."""

@@ -503,6 +503,16 @@ class Renderer:
                 occlusion[i] = float(np.clip(1.0 - counts[i + 1] / full, 0.0, 1.0))
         return occlusion
 
+    def skip(self) -> None:
+        """Pass over a frame without drawing it: take the random draws it would have taken,
+        so the frames after it are the same as in a drive where it was drawn."""
+        self._noise_window()
+
+    def _noise_window(self) -> tuple[int, tuple[slice, slice]]:
+        k = int(self.rng.integers(2))
+        oy, ox = self.rng.integers(0, NOISE_MARGIN_PX, 2)
+        return k, (slice(oy, oy + self.height), slice(ox, ox + self.width))
+
     def _finish(self, img: np.ndarray, t: float, ego: EgoState) -> np.ndarray:
         c = self.config
         phase = 2 * np.pi * t / self.light_period_s + self.light_phase
@@ -513,8 +523,6 @@ class Renderer:
         blur_px = round(exposure_s * self.K[0, 0] * (abs(ego.yaw_rate) + ego.speed / 60.0))
         if blur_px >= 2:
             img = cv2.blur(img, (blur_px + 1, 1))
-        k = int(self.rng.integers(2))
-        oy, ox = self.rng.integers(0, NOISE_MARGIN_PX, 2)
-        window = (slice(oy, oy + self.height), slice(ox, ox + self.width))
+        k, window = self._noise_window()
         img = cv2.add(img, self.noise_add[k][window])
         return cv2.subtract(img, self.noise_sub[k][window])

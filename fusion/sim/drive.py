@@ -76,6 +76,7 @@ def simulate(
     height_px: int = 720,
     jpeg_quality: int | None = 90,
     topics: Collection[str] | None = None,
+    start_s: float = 0.0,
 ) -> Iterator[tuple[str, Message]]:
     """Yield a drive's messages as ``(topic, message)`` in non-decreasing ``capture_ns``.
 
@@ -83,10 +84,15 @@ def simulate(
     ``camera``, ``ego_motion`` and ``ground_truth`` (one each per camera frame) and ``radar``.
     `topics` limits what is yielded; without ``camera`` and ``ground_truth`` no frame is
     rendered (a radar-only producer pays nothing for the camera), and every message yielded is
-    the same as in the full drive. Raises `ConfigError` at once for an unknown scenario or a
-    nonsensical parameter; the drive itself is generated lazily, one message at a time.
+    the same as in the full drive. `start_s` starts the drive that far in (a producer restarted
+    mid-drive): nothing before it is rendered, the calibrations last published before it come
+    first, and everything from it on is the same as in the full drive. Raises `ConfigError` at
+    once for an unknown scenario or a nonsensical parameter; the drive itself is generated
+    lazily, one message at a time.
     """
     _check(scenario, duration_s, camera_rate_hz, radar_rate_hz, width_px, height_px, jpeg_quality)
+    if start_s < 0:
+        raise ConfigError(f"start must not be negative, got {start_s} s")
     wanted = frozenset(topics) if topics is not None else frozenset(_TOPICS)
     unknown = wanted - _TOPICS
     if unknown:
@@ -101,6 +107,7 @@ def simulate(
         height_px,
         jpeg_quality,
         wanted,
+        round(start_s * 1e9),
     )
 
 
@@ -114,6 +121,7 @@ def _drive(
     height_px: int,
     jpeg_quality: int | None,
     wanted: frozenset[str],
+    start_ns: int,
 ) -> Iterator[tuple[str, Message]]:
     config = SCENARIOS[scenario]
     world_ss, camera_ss, radar_ss, clock_ss = np.random.SeedSequence(seed).spawn(4)
@@ -141,13 +149,26 @@ def _drive(
     events.sort()
 
     view_m = config.draw_distance_m + 10.0
+    last_calibration = None  # the stamp of the latest calibration before start_s
     for capture_ns, kind, k in events:
         t = capture_ns * 1e-9
         stamp = {"seq": k, "capture_ns": capture_ns, "clock": CLOCK}
+        past = capture_ns < start_ns
+        if not past and last_calibration is not None:
+            if "calibration" in wanted:  # a late starter needs the rig's calibration at once
+                for calib in (cam_calib, radar_calib):
+                    yield "calibration", calib.replace(**last_calibration)
+            last_calibration = None
         if kind == _CALIBRATION:
-            if "calibration" in wanted:
+            if past:
+                last_calibration = stamp
+            elif "calibration" in wanted:
                 for calib in (cam_calib, radar_calib):
                     yield "calibration", calib.replace(**stamp)
+            continue
+        if past and kind == _CAMERA:
+            if wanted & {"camera", "ground_truth"}:
+                renderer.skip()  # its random draws, so the frames after it stay the same
             continue
         ego = world.ego_at(t)
         state = world.actors_at(t)
@@ -156,6 +177,8 @@ def _drive(
             if "radar" not in wanted:
                 continue
             points = radar.scan(t, ego, state, np.flatnonzero(dist < radar.max_range_m + 15.0))
+            if past:  # scanned all the same: its random draws keep the later scans the same
+                continue
             period_ns = round(radar_period_s * 1e9)
             yield (
                 "radar",
