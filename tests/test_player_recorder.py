@@ -397,3 +397,10 @@ def test_in_process_replay_yields_restamped_messages(recording) -> None:
     )
     assert [m.capture_ns for _, m in got] == sorted(m.capture_ns for _, m in got)
     assert player.stats.published == len(expected)
+
+
+def test_lockstep_without_a_consumer_fails_clearly_after_waiting(recording, capsys) -> None:
+    path, _ = recording
+    rc = fusion_main(["play", str(path), "--lockstep", "--wait-subscribers-s", "0.3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no consumer after 0.3 s" in err and "--lockstep" in err, err
