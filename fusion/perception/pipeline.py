@@ -121,7 +121,7 @@ class FusionPipeline:
         self.camera: CameraModel | None = None
         self.egos: deque[EgoMotion] = deque(maxlen=EGO_BUFFER)
         self.counters: Counter[str] = Counter()
-        self.latency_ms = LatencyHistogram()  # capture -> detections decoded
+        self.latency_ms = LatencyHistogram()  # due (capture) or, untimed, receipt -> decoded
         self.seq = 0
         self._last_camera_ns: int | None = None  # receive time, monotonic
         self._last_radar_ns: int | None = None
