@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean-venv
+.PHONY: demo test test-load bench lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The process tests (marked slow) while two busy loops hold both cores, as on a shared machine:
+# they must wait on events with generous deadlines, never on fixed sleeps or tight ratios.
+test-load: $(STAMP)
+	$(PY) -m pytest -q -m slow --busy-cores 2
 
 # make bench [BASELINE=.benchmarks/.../0001_x.json] also compares each benchmark with that saved
 # run (pytest-benchmark's --benchmark-compare) and fails when one is slower by more than

@@ -10,10 +10,11 @@ Graph (each its own process, over ipc on this host, checked and started by
                                    \\--> viewer <--------------------------/
 
 The player waits until the fusion node has loaded and warmed up its model (it subscribes only
-then), plays the drive at real time, and the graph stops when the drive ends. The report prints
-capture -> detections latency per stage (p50/p95/p99/max), outputs per mode, drops and budget
-misses, and the files written: the annotated video, the recording of the outputs, each node's
-log, and ``report.json``.
+then, once the recorder and the viewer are connected to its output), plays the drive at real
+time (telling the node the pace on ``replay_control``), and the graph stops when the drive
+ends. The report prints capture -> detections latency per stage (p50/p95/p99/max), outputs per
+mode, drops and budget misses, and the files written: the annotated video, the recording of the
+outputs, each node's log, and ``report.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def build_graph(args: argparse.Namespace, out: Path) -> GraphSpec:
         fusion_args += ["--weights", args.weights]
     if args.lockstep:
         fusion_args.append("--lockstep")
+    # The recorder, the viewer and a lock-step player read the detections: none may miss the
+    # first ones (a subscriber that connects while they go out loses them).
+    readers = 1 + (not args.no_viewer) + args.lockstep
+    fusion_args += ["--wait-for-subscribers", str(readers)]
     played = tuple(PLAYED_TOPICS.split(","))
     nodes = [
         NodeSpec.of_module(
@@ -53,7 +58,11 @@ def build_graph(args: argparse.Namespace, out: Path) -> GraphSpec:
             outputs=(),
         ),
         NodeSpec.of_module(
-            "fusion", "nodes.fusion_node", fusion_args, inputs=played, outputs=("detections",)
+            "fusion",
+            "nodes.fusion_node",
+            fusion_args,
+            inputs=(*played, "replay_control"),
+            outputs=("detections",),
         ),
     ]
     if not args.no_viewer:
@@ -81,7 +90,7 @@ def build_graph(args: argparse.Namespace, out: Path) -> GraphSpec:
             ],
             # in lock-step the player waits for the detections that answer each frame
             inputs=("detections",) if args.lockstep else (),
-            outputs=played,
+            outputs=(*played, "replay_control"),
             finishes_graph=True,
             restart="never",
         )

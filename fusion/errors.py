@@ -46,5 +46,9 @@ class CorruptRecordingError(RecordingError):
         self.offset = offset
 
 
+class ReplayError(FusionError):
+    """A replay could not run as asked (a lock-step consumer that never showed up)."""
+
+
 class ModelError(FusionError):
     """A model checkpoint or input is unusable."""

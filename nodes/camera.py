@@ -63,6 +63,7 @@ def source_stream(args: argparse.Namespace, pacer: Pacer) -> Iterator[tuple[str,
                 "width_px": args.width,
                 "height_px": args.height,
                 "jpeg_quality": args.jpeg_quality if args.encoding == "jpeg" else None,
+                "start_s": pacer.start_offset_ns() / 1e9,  # a restart joins the drive's present
             }
         stream = sources.replayed_messages(kind, parts, {"camera", "calibration"}, **options)
         mine = ((t, m) for t, m in stream if t == "camera" or m.sensor_id == args.sensor_id)

@@ -3,13 +3,18 @@
 The logic lives in `fusion.perception.pipeline.FusionPipeline`; this file wires it to sockets.
 Outputs carry the input's latency trace extended by each stage, the mode (``fused``,
 ``camera_only``, ``radar_only``), the VAE health score and whether the latency budget was missed.
+A player's ``replay_control`` messages tell it the pace of a replay (`ReplayControl`).
 
     python -m nodes.fusion_node                       # defaults: committed sim weights, auto device
     python -m nodes.fusion_node --budget-ms 60 --device cpu --threads 2
     python -m nodes.fusion_node --backend onnxruntime # or auto (measured), torch, openvino, ...
     python -m nodes.fusion_node --mode radar_only     # hold the model to one sensor (ablation)
-    python -m nodes.fusion_node --lockstep            # for `fusion play --lockstep`: every frame
-                                                      # answered, nothing dropped for age
+    python -m nodes.fusion_node --lockstep            # for `fusion play --lockstep`: the camera
+        # queued, inputs taken in the player's order (`fusion.runtime.lockstep.StepGate`) and
+        # decided at its steps by the data alone; every frame answered, nothing dropped for age
+
+``--inject-delay-ms N`` is fault injection for tests: the node sleeps N ms before each model
+pass, as a slower machine would (lock-step outputs must not change).
 """
 
 from __future__ import annotations
@@ -24,23 +29,28 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import logging
 import sys
+import time
 
 from fusion.core.latency import format_latency
 from fusion.perception.pipeline import FusionPipeline, PipelineConfig
 from fusion.runtime import node
+from fusion.runtime.lockstep import CONTROL_TOPIC, StepGate
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import services
 
 log = logging.getLogger("fusion_node")
 #: Inputs in the order they are fed to the pipeline within one poll: context first, camera last,
-#: so a scan that arrived with a frame can still be matched to it.
-INPUT_TOPICS = ("calibration", "ego_motion", "radar", "camera")
+#: so a scan that arrived with a frame can still be matched to it; a replay's control last.
+INPUT_TOPICS = ("calibration", "ego_motion", "radar", "camera", CONTROL_TOPIC)
 #: Order the input sockets are opened in, after the model is warm: a player waiting for a
 #: subscriber on every topic starts once the last one (ego motion, which only this node reads)
-#: is subscribed, by when the others are too.
-SUBSCRIBE_ORDER = ("camera", "radar", "calibration", "ego_motion")
+#: is subscribed, by when the others are too (the control topic first: a lock-step player must
+#: not send a step before it is heard).
+SUBSCRIBE_ORDER = (CONTROL_TOPIC, "camera", "radar", "calibration", "ego_motion")
 POLL_MS = 2
 MODE_COUNTERS = ("fused", "camera_only", "radar_only")
+OUTPUT_SUBSCRIBERS_TIMEOUT_S = 120.0
+WAIT_PROGRESS_S = 5.0
 
 
 def radar_problem(scan) -> str | None:
@@ -59,6 +69,45 @@ def build_detector(args: argparse.Namespace):
     detector.warm_up()
     log.info("model on %s, warmed up: %s", detector.device, detector.describe())
     return detector
+
+
+class SlowedDetector:
+    """Fault injection (``--inject-delay-ms``): `detector`, sleeping before each model pass."""
+
+    def __init__(self, detector, delay_ms: float) -> None:
+        self.detector = detector
+        self.cfg = detector.cfg
+        self.delay_s = delay_ms / 1000
+
+    def preprocess(self, image_bgr, radar_points, camera):
+        return self.detector.preprocess(image_bgr, radar_points, camera)
+
+    def infer(self, prepared, mode: str = "fused"):
+        time.sleep(self.delay_s)
+        return self.detector.infer(prepared, mode)
+
+    def decode(self, prepared, raw):
+        return self.detector.decode(prepared, raw)
+
+
+def wait_for_output_subscribers(pub: Publisher, count: int) -> None:
+    """Hold the inputs until `count` subscribers are connected to the output (a subscriber that
+    connects while the first outputs go out loses them; a lock-step player starts once the inputs
+    are subscribed), logging progress; go on without them after `OUTPUT_SUBSCRIBERS_TIMEOUT_S`."""
+    start = time.monotonic()
+    while not pub.wait_for_subscribers(count, timeout_s=WAIT_PROGRESS_S):
+        waited_s = time.monotonic() - start
+        if waited_s >= OUTPUT_SUBSCRIBERS_TIMEOUT_S:
+            log.warning(
+                "%d of %d subscribers on detections after %.0f s; going on",
+                pub.subscriber_count(),
+                count,
+                waited_s,
+            )
+            return
+        log.info(
+            "waiting for %d subscribers on detections (%d so far)", count, pub.subscriber_count()
+        )
 
 
 def summary(pipeline: FusionPipeline, inputs: node.Inputs) -> str:
@@ -112,7 +161,23 @@ def main(
     )
     parser.add_argument("--no-motion-compensation", action="store_true")
     parser.add_argument(
-        "--lockstep", action="store_true", help="answer every frame, never drop for age"
+        "--lockstep",
+        action="store_true",
+        help="for a lock-step replay: inputs in the player's order, decided by the data alone",
+    )
+    parser.add_argument(
+        "--wait-for-subscribers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="before taking any input, wait until N subscribers (a recorder, a viewer, a "
+        "lock-step player) are connected to the detections, so none misses the first outputs",
+    )
+    parser.add_argument(
+        "--inject-delay-ms",
+        type=float,
+        default=0.0,
+        help="fault injection: sleep this long before each model pass (a slower machine)",
     )
     node.add_common_arguments(parser)
     args = parser.parse_args(argv)
@@ -123,34 +188,65 @@ def main(
         drop_stale=not args.lockstep,
         answer_every_frame=args.lockstep,
         slop_ms=args.slop_ms,
-        sync_deadline_ms=3.0 if args.lockstep else args.sync_deadline_ms,
+        sync_deadline_ms=args.sync_deadline_ms,
         motion_compensation=not args.no_motion_compensation,
+        lockstep=args.lockstep,
         mode=args.mode,
     )
     detector = detector or build_detector(args)
+    if args.inject_delay_ms > 0:
+        detector = SlowedDetector(detector, args.inject_delay_ms)
     # Bind the output before subscribing: a lock-step player starts once it sees our inputs
     # subscribed and needs somewhere to hear the answers.
     pub = pub or Publisher("detections", services.endpoint("detections", overrides))
+    if args.wait_for_subscribers:
+        wait_for_output_subscribers(pub, args.wait_for_subscribers)
     if inputs is None:
-        subs = {t: Subscriber(t, services.endpoint(t, overrides)) for t in SUBSCRIBE_ORDER}
-        inputs = node.Inputs(subs, validators={"radar": radar_problem})
+        subs = {
+            t: Subscriber(
+                t,
+                services.endpoint(t, overrides),
+                latest_only=False if args.lockstep else None,  # lock-step: every frame
+            )
+            for t in SUBSCRIBE_ORDER
+        }
+        inputs = node.Inputs(subs, validators={"radar": radar_problem}, quiet=(CONTROL_TOPIC,))
     pipeline = FusionPipeline(detector, config)
+    gate = StepGate() if args.lockstep else None
     shutdown = node.ShutdownFlag()
     stats = node.StatsLine(
         "fusion",
         args.stats_period_s,
         lambda: with_input_problems(summary(pipeline, inputs), inputs),
     )
+
+    def hold(got: dict) -> None:
+        """Lock-step: into the gate, images decoding ahead while the model runs."""
+        for topic in INPUT_TOPICS:
+            for msg in got.get(topic, ()):
+                if topic == "camera":
+                    pipeline.prefetch(msg)
+                gate.add(topic, msg)
+
     try:
         while not shutdown:
             got = inputs.poll(POLL_MS)
-            for topic in INPUT_TOPICS:
-                for msg in got.get(topic, ()):
-                    pipeline.add(topic, msg)
+            if gate is None:
+                arrived = [(topic, msg) for topic in INPUT_TOPICS for msg in got.get(topic, ())]
+            else:
+                hold(got)
+                arrived = gate.release()
+            for topic, msg in arrived:
+                if topic == CONTROL_TOPIC and gate is not None:
+                    hold(inputs.poll(0))  # what came meanwhile decodes during this step
+                for out in pipeline.feed(topic, msg):
+                    pub.send(out)
             for out in pipeline.step():
                 pub.send(out)
             stats.tick()
     finally:
+        if gate is not None and gate.counters:
+            log.info("[fusion] lock-step gate: %s", dict(gate.counters))
         log.info("[fusion] final: %s", summary(pipeline, inputs))
         inputs.close()
         pub.close()

@@ -2,7 +2,8 @@
 
 Sources: ``sim:SCENARIO[:SEED]`` (the simulator's radar and ego motion), ``recording:FILE``
 (the radar and ego-motion topics of a recording), ``udp:HOST:PORT`` (a sensor bridge sending
-the datagrams described in `fusion.sensors.radar.UdpRadarDriver`). Replayed and simulated scans
+the datagrams described in `fusion.sensors.radar.UdpRadarDriver`: the sensor's own scan counter,
+so lost datagrams are counted, and its capture time when it has one). Replayed and simulated scans
 are released at their own timing and restamped onto this host's monotonic clock. The radar frame
 is the reference frame, so a single radar needs no calibration message.
 
@@ -36,7 +37,9 @@ def replayed(args: argparse.Namespace, pacer: Pacer) -> Iterator[tuple[str, Mess
     kind, parts = sources.parse_source(args.source)
     if kind not in ("sim", "recording"):
         raise ConfigError(f"the radar node cannot replay a {kind} source")
-    options = {"duration_s": args.duration_s} if kind == "sim" else {}
+    options = {}
+    if kind == "sim":  # a restart joins the drive's present
+        options = {"duration_s": args.duration_s, "start_s": pacer.start_offset_ns() / 1e9}
     return paced(sources.replayed_messages(kind, parts, TOPICS, **options), pacer)
 
 
@@ -45,7 +48,9 @@ def drive(
 ) -> int:
     sent = 0
     stats = node.StatsLine(
-        "radar", stats_period_s, lambda: f"{sent} scans sent, {driver.rejected} rejected"
+        "radar",
+        stats_period_s,
+        lambda: f"{sent} scans sent, {driver.rejected} rejected, {driver.lost} lost",
     )
     while not shutdown:
         scan = driver.read_scan(timeout_s=0.2)
@@ -90,7 +95,8 @@ def main(argv: list[str] | None = None, driver: RadarDriver | None = None) -> in
             pub.close()
         if driver is not None:
             driver.close()
-    log.info("radar: %d scans sent", sent)
+    lost = f", {driver.lost} lost, {driver.rejected} rejected" if driver is not None else ""
+    log.info("radar: %d scans sent%s", sent, lost)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: every test gets its own ipc socket folder, so parallel runs never collide."""
+"""Shared fixtures: every test gets its own ipc socket folder, so parallel runs never collide;
+``--busy-cores N`` runs the tests while N processes spin on the CPU (``make test-load``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +19,28 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ASTYX_ROOT = REPO.parent / "shared" / "realdata" / "astyx_hires2019"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--busy-cores",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the tests while N busy-loop processes hold the CPU (a machine where other "
+        "work uses the cores; `make test-load` uses 2)",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def busy_cores(request: pytest.FixtureRequest):
+    """N processes spinning at normal priority for the whole session, like `stress -c N`."""
+    count = request.config.getoption("--busy-cores")
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    yield len(burners)
+    for proc in burners:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ from fusion.wire.messages import (
     GroundTruth,
     Message,
     RadarScan,
+    ReplayControl,
 )
 
 int64s = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -94,6 +95,16 @@ STRATEGIES = {
         distortion=hnp.arrays("<f8", st.integers(0, 8)),
         width_px=st.integers(0, 10000),
         height_px=st.integers(0, 10000),
+        **header_fields(),
+    ),
+    ReplayControl: st.builds(
+        ReplayControl,
+        rate=floats,
+        origin_ns=int64s,
+        lockstep=st.booleans(),
+        order=texts,
+        sent_until_ns=int64s,
+        final=st.booleans(),
         **header_fields(),
     ),
 }

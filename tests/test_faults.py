@@ -210,7 +210,11 @@ def real_time(items: list[tuple[str, Message]]):
 def feed(specs: list[str], seconds: float, tmp_path: Path, budget_ms: float = 1000.0):
     """Start a fusion node, play a live stream through `specs` in real time, collect outputs."""
     weights = npc.tiny_weights(tmp_path / "tiny.safetensors")
-    pubs = {t: Publisher(t) for t in ("calibration", "ego_motion", "radar", "camera")}
+    # Deep send queues: a node stalled by other work on the machine delays what we send, and
+    # ZeroMQ drops nothing on our side, so what arrives is exactly what the faults made.
+    pubs = {
+        t: Publisher(t, sndhwm=10_000) for t in ("calibration", "ego_motion", "radar", "camera")
+    }
     detections = Subscriber("detections", latest_only=False, queue_size=10_000)
     log_path = tmp_path / "fusion.log"
     proc = npc.start(

@@ -46,6 +46,23 @@ def test_the_demo_graph_checks(tmp_path: Path, extra: list[str]) -> None:
     assert check_graph(graph) == []
 
 
+@pytest.mark.parametrize(
+    "extra", [[], ["--lockstep"], ["--no-viewer"], ["--lockstep", "--no-viewer"]]
+)
+def test_the_demo_fusion_node_waits_for_every_reader_of_its_outputs(
+    tmp_path: Path, extra: list[str]
+) -> None:
+    """The recorder, the viewer and a lock-step player read the detections; a reader that
+    connects while the first ones go out loses them (lock-step answered 119 of 120 frames in
+    `make bench`: the recorder had missed the first answer). The fusion node must hold its
+    inputs until all of them are connected."""
+    graph = build_graph(demo_args(extra), tmp_path)
+    readers = [n.name for n in graph.nodes if "detections" in (n.inputs or ())]
+    fusion = next(n for n in graph.nodes if n.name == "fusion")
+    wait = fusion.command[fusion.command.index("--wait-for-subscribers") + 1]
+    assert int(wait) == len(readers), readers
+
+
 def test_a_good_graph_checks_and_prints_its_wiring() -> None:
     graph = parse_graph(good())
     assert check_graph(graph) == []

@@ -42,8 +42,14 @@ def default_size_weights(path: Path) -> Path:
 class Drive:
     """Publishes calibration (1 Hz), radar and camera in real time from the test process."""
 
-    def __init__(self, camera_hz: float, width_px: int = npc.W, height_px: int = npc.H) -> None:
-        self.pubs = {t: Publisher(t) for t in ("calibration", "radar", "camera")}
+    def __init__(
+        self,
+        camera_hz: float,
+        width_px: int = npc.W,
+        height_px: int = npc.H,
+        sndhwm: int | None = None,
+    ) -> None:
+        self.pubs = {t: Publisher(t, sndhwm=sndhwm) for t in ("calibration", "radar", "camera")}
         self.camera_period_ns = int(1e9 / camera_hz)
         self.radar_period_ns = int(1e9 / RADAR_HZ)
         self.size = (width_px, height_px)
@@ -226,7 +232,9 @@ def test_sigkill_of_the_fusion_node_is_restarted_and_reported(
             launcher.supervise()
             time.sleep(0.05)
 
-    drive = Drive(20.0)
+    # Deep send queues: a recorder slowed by other work on the machine gets every frame late
+    # rather than some never (the registry's 16 for the camera drops them after 0.8 s).
+    drive = Drive(20.0, sndhwm=10_000)
     detections = Subscriber("detections", latest_only=False, queue_size=10_000)
     outputs: list[tuple[float, Detections]] = []
     killed = {}
@@ -389,66 +397,79 @@ def test_sigkill_of_the_recorder_loses_nothing_already_recorded(tmp_path: Path) 
     assert len(kept_before) >= sent_before_kill - 8, (len(kept_before), sent_before_kill)
 
 
+#: How long the camera-restart test waits for each event (start-up, the kill's effect, the
+#: restarted camera's frames) on a machine whose cores are busy with other work.
+CAMERA_RESTART_TIMEOUT_S = 180.0
+
+
 @pytest.mark.slow
 def test_sigkill_of_the_camera_node_degrades_to_radar_only_and_recovers(tmp_path: Path) -> None:
     """Simulated camera and radar nodes feed the fusion node under the launcher. With the
     camera killed, outputs go on at the radar's rate marked ``radar_only``; once the launcher
-    has restarted the camera, they are ``fused`` again."""
+    has restarted the camera, they are ``fused`` again. Outputs are told apart by their capture
+    time, not by when they arrived, so a node that lags on a busy machine changes nothing.
+
+    A restarted simulated camera joins the drive at the present (``start_s`` from the graph's
+    epoch) instead of rendering every frame since the drive's start only to skip it: on a busy
+    machine that took longer than real time, and the camera never caught up (radar-only to the
+    end)."""
     weights = npc.tiny_weights(tmp_path / "tiny.safetensors")
     quiet = ["--stats-period-s", "0"]
+    sim = ["--source", "sim:city:1", "--duration-s", "600", *quiet]
     graph = parse_graph(
         {
             "nodes": [
-                {
-                    "name": "camera",
-                    "module": "nodes.camera",
-                    "args": ["--source", "sim:city:1", *quiet],
-                },
-                {
-                    "name": "radar",
-                    "module": "nodes.radar",
-                    "args": ["--source", "sim:city:1", *quiet],
-                },
+                {"name": "camera", "module": "nodes.camera", "args": sim},
+                {"name": "radar", "module": "nodes.radar", "args": sim},
                 {
                     "name": GRAPH_FUSION,
                     "module": "nodes.fusion_node",
-                    "args": [
-                        *npc.fusion_node_args(weights, budget_ms="1000"),
-                        *quiet,
-                    ],
+                    "args": [*npc.fusion_node_args(weights, budget_ms="1000"), *quiet],
                     "env": {"OMP_NUM_THREADS": "1"},
                 },
             ]
         }
     )
     launcher = Launcher(graph, tmp_path / "logs", stop_grace_s=15)
-    outputs: list[tuple[float, str]] = []
-    killed_at = None
+    outputs: list[tuple[int, str]] = []  # (capture_ns, mode)
+    killed_ns = None
+
+    def fused_since(t_ns: int) -> int:
+        return sum(m == "fused" for c, m in outputs if c > t_ns)
+
+    def logs() -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-1500:]}" for p in (tmp_path / "logs").iterdir()
+        )
+
     with Subscriber("detections", latest_only=False, queue_size=10_000) as detections:
         launcher.start()
-        t0 = time.monotonic()
+        deadline = time.monotonic() + CAMERA_RESTART_TIMEOUT_S
         try:
-            while (now := time.monotonic() - t0) < 60:
+            while True:
                 launcher.supervise()
                 while (d := detections.recv(0)) is not None:
-                    outputs.append((now, d.mode))
-                fused = sum(m == "fused" for t, m in outputs if killed_at is None or t > killed_at)
-                if killed_at is None and fused >= 20:
+                    outputs.append((d.capture_ns, d.mode))
+                if killed_ns is None and fused_since(0) >= 20:
                     os.kill(launcher.nodes["camera"].process.pid, signal.SIGKILL)
-                    killed_at = now
-                elif killed_at is not None and fused >= 20:
+                    killed_ns = time.monotonic_ns()  # every frame it sent was captured before
+                    deadline = time.monotonic() + CAMERA_RESTART_TIMEOUT_S
+                elif killed_ns is not None and fused_since(killed_ns) >= 20:
                     break
+                assert time.monotonic() < deadline, (
+                    f"{'no 20 fused outputs' if killed_ns is None else 'not fused again'} within "
+                    f"{CAMERA_RESTART_TIMEOUT_S:.0f} s: {outputs[-5:]}\n{logs()}"
+                )
                 time.sleep(0.02)
         finally:
             launcher.stop()
-    assert killed_at is not None, f"no fused output within 60 s: {outputs[-5:]}"
-    after = [(t, m) for t, m in outputs if t > killed_at + 0.1]
-    assert after and after[-1][1] == "fused", after[-10:]
-    first_fused = next(t for t, m in after if m == "fused")
-    outage = [m for t, m in after if t < first_fused]
-    assert outage and all(m == "radar_only" for m in outage[2:]), outage
+    after = [m for c, m in sorted(outputs) if c > killed_ns]
+    first_fused = after.index("fused")
+    outage = after[:first_fused]
+    assert len(outage) >= 3 and set(outage) == {"radar_only"}, after[: first_fused + 3]
+    assert after[-1] == "fused", after[-10:]
     assert launcher.nodes["camera"].restarts == 1
     assert launcher.nodes[GRAPH_FUSION].restarts == 0 and launcher.nodes["radar"].restarts == 0
     rows = {row[0]: row for row in launcher.summary_rows()}
     assert rows["camera"][3] != "0.0 s", rows
-    print(f"camera outage: {len(outage)} radar_only outputs over {first_fused - killed_at:.1f} s")
+    print(f"camera outage: {len(outage)} radar_only outputs before the first fused")

@@ -17,6 +17,7 @@ from fusion.wire.messages import (
     CameraFrame,
     EgoMotion,
     RadarScan,
+    ReplayControl,
     empty_detections,
 )
 
@@ -195,7 +196,7 @@ def test_no_calibration_drops_or_answers_invalid_in_lockstep() -> None:
 
 def test_motion_compensation_uses_ego_motion(setup) -> None:
     pipe, _, clock = setup
-    pipe.add("ego_motion", EgoMotion(speed_mps=20.0))
+    pipe.add("ego_motion", EgoMotion(speed_mps=20.0, capture_ns=clock.t - 10 * MS))
     # Static points straight ahead: raw Doppler is minus the ego speed.
     pipe.add("radar", scan(0, clock.t - 40 * MS, v_r=-20.0))
     pipe.add("camera", frame(0, clock.t))
@@ -203,6 +204,94 @@ def test_motion_compensation_uses_ego_motion(setup) -> None:
     out = pipe.step()[0]
     # Static points seen 40 ms earlier are 0.8 m closer once the ego has moved on.
     np.testing.assert_allclose(out.objects["x"], [9.2, 10.2, 11.2], atol=0.05)
+    assert out.health["motion_compensated"] == 1.0 and out.health["ego_age_ms"] == 10.0
+
+
+def test_ego_motion_too_old_is_not_used_but_counted_and_marked(setup) -> None:
+    pipe, _, clock = setup
+    pipe.add("ego_motion", EgoMotion(speed_mps=20.0, capture_ns=clock.t - 900 * MS))
+    pipe.add("ego_motion", EgoMotion(speed_mps=20.0, capture_ns=clock.t + 300 * MS))
+    pipe.add("radar", scan(0, clock.t - 40 * MS, v_r=-20.0))
+    pipe.add("camera", frame(0, clock.t))
+    pipe.add("radar", scan(1, clock.t + 60 * MS, v_r=-20.0))
+    out = pipe.step()[0]
+    np.testing.assert_allclose(out.objects["x"], [10, 11, 12])  # not compensated
+    assert out.valid and out.health["motion_compensated"] == 0.0
+    assert out.health["ego_age_ms"] == 300.0  # the nearest one, 300 ms after the frame
+    assert pipe.counters["ego_motion_stale"] == 1
+
+
+def lockstep_pipeline(clock: Clock, detector=None) -> FusionPipeline:
+    pipe = FusionPipeline(
+        detector or FakeDetector(clock), PipelineConfig(budget_ms=50, lockstep=True), clock
+    )
+    pipe.add("calibration", calibration())
+    return pipe
+
+
+def step(sent_until_ns: int, order: str = "", final: bool = False) -> ReplayControl:
+    return ReplayControl(
+        lockstep=True, rate=0.0, order=order, sent_until_ns=sent_until_ns, final=final
+    )
+
+
+def test_lockstep_waits_for_the_data_not_the_clock() -> None:
+    """Capture stamps far behind the clock (a replay slower than real time): nothing is stale
+    or over budget, and a frame waits for its step however much wall-clock time passes."""
+    clock = Clock()
+    pipe = lockstep_pipeline(clock, FakeDetector(clock, infer_ms=70))
+    t = clock.t - 5_000 * MS
+    pipe.add("radar", scan(0, t - 30 * MS))
+    pipe.add("camera", frame(0, t))
+    clock.t += 10_000 * MS
+    assert pipe.step() == []  # a nearer scan may still come: no deadline in lock-step
+    assert pipe.control(step(t + 20 * MS)) == []  # not settled yet: 20 ms < 30 ms
+    pipe.add("radar", scan(1, t + 25 * MS))
+    (out,) = pipe.control(step(t + 80 * MS))
+    assert out.mode == "fused" and out.source_seqs == {"camera": 0, "radar": 1}
+    assert not out.budget_miss and pipe.counters["stale"] == 0
+    assert pipe.counters["budget_miss"] == 0
+    assert pipe.latency_ms.count == 1  # measured from the frame's receipt
+
+
+def test_lockstep_judges_liveness_on_capture_times() -> None:
+    clock = Clock()
+    pipe = lockstep_pipeline(clock)
+    t = clock.t
+    pipe.add("camera", frame(0, t))
+    (out,) = pipe.control(step(t + 80 * MS))
+    assert out.mode == "camera_only"  # the step says no scan is coming
+    # Radar only, 400 ms of capture time later, fed within the same wall-clock instant:
+    pipe.add("radar", scan(0, t + 400 * MS))
+    outs = pipe.control(step(t + 480 * MS))
+    assert [o.mode for o in outs] == ["radar_only"] and outs[0].source_seqs == {"radar": 0}
+
+
+def test_lockstep_answers_a_late_frame_and_the_last_step_releases_everything() -> None:
+    clock = Clock()
+    pipe = lockstep_pipeline(clock)
+    t = clock.t
+    pipe.add("radar", scan(0, t - 30 * MS))
+    pipe.add("camera", frame(0, t))
+    pipe.add("camera", frame(1, t))  # same stamp again: late for the synchroniser
+    outs = pipe.step()
+    assert [(o.valid, o.source_seqs) for o in outs] == [(False, {"camera": 1})]
+    pipe.add("camera", frame(2, t + 40 * MS))
+    outs = pipe.control(step(0, final=True))
+    assert [(o.mode, o.source_seqs["camera"]) for o in outs] == [("fused", 0), ("fused", 2)]
+
+
+def test_replay_pace_moves_the_age_of_a_frame() -> None:
+    """At half speed a frame stamped 1 s into the replay was due 2 s in: not stale then."""
+    clock = Clock()
+    pipe = FusionPipeline(FakeDetector(clock), PipelineConfig(budget_ms=50), clock_ns=clock)
+    pipe.add("calibration", calibration())
+    origin = clock.t
+    pipe.add("replay_control", ReplayControl(rate=0.5, origin_ns=origin))
+    clock.t = origin + 2_000 * MS + 10 * MS
+    pipe.add("camera", frame(0, origin + 1_000 * MS))
+    (out,) = pipe.step()
+    assert out.mode == "camera_only" and not out.budget_miss and pipe.counters["stale"] == 0
 
 
 def test_jpeg_frames_are_decoded_reduced() -> None:
@@ -262,16 +351,15 @@ def test_outputs_whose_health_is_past_the_threshold_are_counted(setup) -> None:
     assert out.health["ok"] == 0.0 and pipe.counters["health_flagged"] == 1
 
 
-def test_replay_frames_pairs_by_the_data_whatever_the_order_of_equal_times() -> None:
-    from fusion.perception.pipeline import replay_frames
-
-    t0 = 5_000 * MS
-    messages = [("calibration", calibration())]
-    for k in range(4):
-        t = t0 + k * 100 * MS
-        pair = [("camera", frame(k, t)), ("radar", scan(k, t))]
-        messages += pair if k % 2 else pair[::-1]
-    frames = list(replay_frames(iter(messages), (160, 96)))
-    assert [f.sources for f in frames] == [{"camera": k, "radar": k} for k in range(4)]
-    assert all(f.mode == "fused" for f in frames)
-    assert frames[0].inputs.image_bgr.shape == (H, W, 3)
+def test_lockstep_decodes_ahead_and_still_answers_an_undecodable_frame() -> None:
+    clock = Clock()
+    pipe = lockstep_pipeline(clock)
+    t = clock.t
+    bad = frame(0, t, image=np.frombuffer(b"notajpeg", np.uint8).copy(), encoding="jpeg")
+    pipe.prefetch(bad)  # as the node does on arrival, before the step
+    pipe.add("camera", bad)
+    _, data = cv2.imencode(".jpg", np.full((H, W, 3), 90, np.uint8))
+    pipe.add("camera", frame(1, t + 50 * MS, image=data.reshape(-1), encoding="jpeg"))
+    outs = pipe.control(step(0, final=True))
+    assert [(o.valid, o.source_seqs["camera"]) for o in outs] == [(False, 0), (True, 1)]
+    assert pipe.counters["bad_image"] == 1

@@ -19,6 +19,7 @@ from fusion.logs.player import Player
 from fusion.logs.reader import RecordingReader
 from fusion.logs.recorder import Recorder
 from fusion.logs.writer import RecordingWriter
+from fusion.runtime.lockstep import StepGate
 from fusion.runtime.testing import FakePublisher, FakeSubscriber
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import codec
@@ -67,11 +68,12 @@ def test_realtime_replay_keeps_order_timing_buffers_and_restamps(recording) -> N
     assert stats.published == len(messages) and stats.passes == 1
     assert [(t, m.seq) for t, m in out.sent] == [(t, m.seq) for t, m, _ in messages]
     first_log = messages[0][2]
-    due0 = out.sent[0][1].capture_ns
-    assert t0 <= due0 <= t0 + 50 * MS
+    origin = out.sent[0][1].capture_ns - (messages[0][1].capture_ns - first_log)
+    assert t0 <= origin <= t0 + 50 * MS
     for (topic, sent), (_, original, log_ns) in zip(out.sent, messages, strict=True):
-        assert sent.capture_ns - due0 == int((log_ns - first_log) / 10)  # due time at rate 10
-        assert sent.trace["published"] >= sent.capture_ns  # never sent early
+        # The stamps keep the recorded spacing (one offset for the replay); the pace is 10x.
+        assert sent.capture_ns - origin == original.capture_ns - first_log
+        assert sent.trace["published"] >= origin + int((log_ns - first_log) / 10)  # not early
         assert sent.trace["recorded_capture_ns"] == original.capture_ns
         assert sent.clock == "monotonic"
         assert [bytes(f) for f in codec.encode(topic, sent)[2:]] == [
@@ -117,65 +119,90 @@ def test_bad_arguments_are_config_errors(recording) -> None:
             Player(reader, pubs, lockstep=True)
 
 
-def lockstep_run(path: Path, answer_every: int = 1) -> tuple[list, object]:
-    """Lock-step replay against a fake consumer that answers camera frames (first with a stale
-    answer, to prove the player matches seqs), skipping every `answer_every`-th frame's answer."""
+def lockstep_run(path: Path, answer_every: int = 1, depth: int = 2) -> tuple[list, object]:
+    """Lock-step replay against a fake consumer that answers the camera frames each step
+    settles (each answer after a stale one, to prove the player matches seqs), skipping every
+    `answer_every`-th frame's answer."""
     topics = [t for t in TOPICS if t != "detections"]
     out = Log(topics)
     answers = FakeSubscriber("detections")
+    frames: list[Message] = []
+    out.publishers["camera"].on_send = frames.append
+    steps: list[Message] = []
+    control = _LoggingPublisher("replay_control", steps)
 
-    def answer(msg: Message) -> None:
-        answers.push(
-            Detections(objects=np.zeros(0, DETECTION_DTYPE), source_seqs={"camera": msg.seq - 1})
-        )
-        if answer_every == 1 or msg.seq % answer_every:
-            answers.push(
-                Detections(objects=np.zeros(0, DETECTION_DTYPE), source_seqs={"camera": msg.seq})
-            )
+    def answer(step: Message) -> None:
+        while frames and (step.final or frames[0].capture_ns + 80 * MS <= step.sent_until_ns):
+            seq = frames.pop(0).seq
+            stale = Detections(objects=np.zeros(0, DETECTION_DTYPE), source_seqs={"camera": -1})
+            answers.push(stale)
+            if answer_every == 1 or seq % answer_every:
+                answers.push(
+                    Detections(objects=np.zeros(0, DETECTION_DTYPE), source_seqs={"camera": seq})
+                )
 
-    out.publishers["camera"].on_send = answer
+    control.on_send = answer
     with RecordingReader(path) as reader:
         stats = Player(
-            reader, out.publishers, lockstep=True, answers=answers, lockstep_timeout_s=0.02
+            reader,
+            {**out.publishers, "replay_control": control},
+            lockstep=True,
+            answers=answers,
+            lockstep_timeout_s=0.02,
+            lockstep_depth=depth,
         ).run()
     return [
         (t, m.seq, bytes(codec.encode(t, m)[2]) if t == "camera" else b"") for t, m in out.sent
     ], stats
 
 
-def test_lockstep_is_deterministic_and_waits_for_each_answer(recording) -> None:
+@pytest.mark.parametrize("depth", [1, 2])
+def test_lockstep_is_deterministic_and_waits_for_each_answer(recording, depth: int) -> None:
     path, messages = recording
-    first, stats = lockstep_run(path)
-    second, _ = lockstep_run(path)
+    first, stats = lockstep_run(path, depth=depth)
+    second, _ = lockstep_run(path, depth=depth)
     assert first == second
     assert [(t, s) for t, s, _ in first] == [
         (t, m.seq) for t, m, _ in messages if t != "detections"
     ]
     assert stats.lockstep_answers == 20 and stats.lockstep_timeouts == 0
-    _, stats = lockstep_run(path, answer_every=4)
+    _, stats = lockstep_run(path, answer_every=4, depth=depth)
     assert stats.lockstep_timeouts == 5 and stats.lockstep_answers == 15
 
 
 def consumer(stop: threading.Event, seen: list) -> None:
-    """A stand-in fusion node: logs what it receives, answers each camera frame."""
-    with (
-        Subscriber("camera", latest_only=False) as cam,
-        Subscriber("radar") as rad,
-        Publisher("detections") as pub,
-    ):
-        while not stop.is_set():
-            while (scan := rad.recv(0)) is not None:
-                seen.append(("radar", scan.seq))
-            frame = cam.recv(20)
-            if frame is not None:
-                while (scan := rad.recv(20)) is not None:  # radar sent before this frame
-                    seen.append(("radar", scan.seq))
-                seen.append(("camera", frame.seq))
-                pub.send(
-                    Detections(
-                        objects=np.zeros(0, DETECTION_DTYPE), source_seqs={"camera": frame.seq}
-                    )
-                )
+    """A stand-in fusion node: takes its inputs in the player's order (`StepGate`), logs them,
+    and at each step answers the camera frames whose window the step closed."""
+    gate = StepGate()
+    frames: list[Message] = []
+    subs = {
+        "replay_control": Subscriber("replay_control"),
+        "camera": Subscriber("camera", latest_only=False),
+        "radar": Subscriber("radar"),
+    }
+    with Publisher("detections") as pub:
+        try:
+            while not stop.is_set():
+                for topic, sub in subs.items():
+                    while (msg := sub.recv(5)) is not None:
+                        gate.add(topic, msg)
+                for topic, msg in gate.release():
+                    if topic != "replay_control":
+                        seen.append((topic, msg.seq))
+                        frames += [msg] if topic == "camera" else []
+                        continue
+                    while frames and (
+                        msg.final or frames[0].capture_ns + 80 * MS <= msg.sent_until_ns
+                    ):
+                        seq = frames.pop(0).seq
+                        pub.send(
+                            Detections(
+                                objects=np.zeros(0, DETECTION_DTYPE), source_seqs={"camera": seq}
+                            )
+                        )
+        finally:
+            for sub in subs.values():
+                sub.close()
 
 
 @pytest.mark.slow
@@ -370,3 +397,10 @@ def test_in_process_replay_yields_restamped_messages(recording) -> None:
     )
     assert [m.capture_ns for _, m in got] == sorted(m.capture_ns for _, m in got)
     assert player.stats.published == len(expected)
+
+
+def test_lockstep_without_a_consumer_fails_clearly_after_waiting(recording, capsys) -> None:
+    path, _ = recording
+    rc = fusion_main(["play", str(path), "--lockstep", "--wait-subscribers-s", "0.3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no consumer after 0.3 s" in err and "--lockstep" in err, err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -16,8 +17,8 @@ import pytest
 from fusion.errors import ConfigError
 from fusion.runtime.transport import Subscriber
 from fusion.sensors.pacing import Pacer
-from fusion.sensors.radar import UdpRadarDriver
-from fusion.sensors.sources import parse_source
+from fusion.sensors.radar import TIME_NONE, TIME_SENSOR, TIME_UNIX, RadarDatagram, UdpRadarDriver
+from fusion.sensors.sources import camera_frames_from_capture, capture_time_ns, parse_source
 from fusion.wire.messages import RADAR_POINT_DTYPE
 
 
@@ -42,12 +43,59 @@ def test_udp_datagram_round_trip_and_rejects() -> None:
     points = np.zeros(3, RADAR_POINT_DTYPE)
     points["x"] = [1, 2, 3]
     points["v_r"] = [-1, 0, 1]
-    parsed = UdpRadarDriver.parse(UdpRadarDriver.pack(7, points))
-    np.testing.assert_array_equal(parsed["x"], [1, 2, 3])
-    np.testing.assert_array_equal(parsed["v_r"], [-1, 0, 1])
+    parsed = UdpRadarDriver.parse(UdpRadarDriver.pack(7, points, 123_456, TIME_SENSOR))
+    assert (parsed.seq, parsed.time_ns, parsed.time_kind) == (7, 123_456, TIME_SENSOR)
+    np.testing.assert_array_equal(parsed.points["x"], [1, 2, 3])
+    np.testing.assert_array_equal(parsed.points["v_r"], [-1, 0, 1])
     good = UdpRadarDriver.pack(1, points)
-    for bad in (b"", b"RDR1", b"XXXX" + good[4:], good[:-1], good + b"\0"):
+    assert UdpRadarDriver.parse(good).time_kind == TIME_NONE
+    bad_kind = good[:16] + b"\x09" + good[17:]
+    for bad in (b"", b"RDR2", b"XXXX" + good[4:], good[:-1], good + b"\0", bad_kind):
         assert UdpRadarDriver.parse(bad) is None
+    # The first format (no time) is still read, its seq with it.
+    raw = np.stack([points[k] for k in ("x", "y", "z", "v_r", "rcs")], axis=1).astype("<f4")
+    v1 = struct.pack("<4sII", b"RDR1", 41, 3) + raw.tobytes()
+    assert UdpRadarDriver.parse(v1).seq == 41 and UdpRadarDriver.parse(v1).time_kind == TIME_NONE
+
+
+@pytest.fixture
+def udp_driver():
+    driver = UdpRadarDriver("127.0.0.1", 0)
+    yield driver
+    driver.close()
+
+
+def test_udp_driver_carries_the_sensors_seq_and_counts_losses(udp_driver) -> None:
+    address = udp_driver.sock.getsockname()
+    points = np.zeros(2, RADAR_POINT_DTYPE)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for seq in (2**32 - 2, 2**32 - 1, 0, 2, 3):  # wraps, and loses one
+            tx.sendto(UdpRadarDriver.pack(seq, points), address)
+            assert udp_driver.read_scan(timeout_s=10) is not None or pytest.fail("no datagram")
+    assert udp_driver.lost == 1
+    assert udp_driver._last_seq == 2**32 + 3
+
+
+def test_udp_driver_moves_sensor_times_onto_the_monotonic_clock(udp_driver) -> None:
+    points = np.zeros(0, RADAR_POINT_DTYPE)
+    ms = 1_000_000
+    # A PTP/NTP-disciplined sensor: its Unix time, less this host's Unix-to-monotonic offset.
+    unix = RadarDatagram(0, time.time_ns() - 30 * ms, TIME_UNIX, points)
+    expected = time.monotonic_ns() - 30 * ms
+    assert abs(udp_driver.capture_ns(unix, received_ns=0) - expected) < 5 * ms
+    # A free-running sensor clock: offset by the smallest delay seen (2 ms here).
+    sensor_t0, host_t0 = 10**15, 5 * 10**12
+    delays_ms = (5, 2, 9, 3)
+    stamps = []
+    for k, delay in enumerate(delays_ms):
+        sent = RadarDatagram(k, sensor_t0 + k * 77 * ms, TIME_SENSOR, points)
+        received = host_t0 + k * 77 * ms + delay * ms
+        stamps.append(udp_driver.capture_ns(sent, received_ns=received))
+    # Late by the smallest delay seen so far: 5 ms for the first scan, then 2 ms.
+    assert [s - host_t0 - k * 77 * ms for k, s in enumerate(stamps)] == [5 * ms] + [2 * ms] * 3
+    # No sensor time: when it was received.
+    none = RadarDatagram(0, 0, TIME_NONE, points)
+    assert udp_driver.capture_ns(none, received_ns=42) == 42
 
 
 def test_source_specs() -> None:
@@ -60,7 +108,8 @@ def test_pacer_keeps_source_timing() -> None:
     pacer = Pacer(rate=2.0)
     t0 = pacer.wait(0)
     t1 = pacer.wait(200_000_000)  # 200 ms of source time at 2x = 100 ms
-    assert 90e6 <= t1 - t0 <= 200e6
+    assert t1 - t0 == 100_000_000  # stamped when due: the spacing is exact, not jittered
+    assert time.monotonic_ns() >= t1
     assert Pacer(rate=0).wait(10**12) > 0
 
 
@@ -165,3 +214,58 @@ def test_pacer_epoch_aligns_producers_and_skips_the_past() -> None:
     late = Pacer(epoch_ns=time.monotonic_ns() - 5_000_000_000)  # a producer restarted 5 s in
     assert late.wait(0) is None and late.wait(50_000_000) is None and late.skipped == 2
     assert late.wait(4_990_000_000) is not None  # catches up with the present
+
+
+class FakeCapture:
+    """An OpenCV capture that reads `positions_ms` as ``CAP_PROP_POS_MSEC``, one per frame."""
+
+    def __init__(self, positions_ms: list[float], fps: float = 25.0) -> None:
+        self.positions_ms, self.fps, self.k = positions_ms, fps, -1
+
+    def read(self):
+        self.k += 1
+        ok = self.k < len(self.positions_ms)
+        return ok, np.zeros((4, 4, 3), np.uint8) if ok else None
+
+    def get(self, prop: int) -> float:
+        return self.fps if prop == cv2.CAP_PROP_FPS else self.positions_ms[self.k]
+
+
+def test_camera_stamps_are_what_the_source_reports() -> None:
+    ms = 1_000_000
+    # A video with a variable frame rate keeps its times; where the backend reports none (0, or
+    # going backwards), one frame period (25 fps: 40 ms) after the last.
+    video = FakeCapture([0.0, 40.0, 100.0, 0.0, 180.5])
+    stamps = [f.capture_ns for f in camera_frames_from_capture(video, "cam", live=False)]
+    assert stamps == [0, 40 * ms, 100 * ms, 140 * ms, 180_500_000]
+    # A device: the V4L2 buffer time (monotonic) when plausible, else the read time.
+    before_ms = time.monotonic_ns() / 1e6
+    device = FakeCapture([before_ms - 35.0, 12.0])  # 35 ms old; then not on this clock
+    frames = list(camera_frames_from_capture(device, "cam", live=True))
+    assert abs(frames[0].capture_ns - (before_ms - 35.0) * ms) < 1000
+    assert frames[1].capture_ns >= before_ms * ms  # the read time
+    assert capture_time_ns(0.0, True, 5 * 10**9, None, 30.0) == 5 * 10**9  # 0: none reported
+
+
+def test_camera_stamps_of_a_real_video_file(tmp_path) -> None:
+    path = str(tmp_path / "v.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    for i in range(4):
+        writer.write(np.full((48, 64, 3), i * 30, np.uint8))
+    writer.release()
+    capture = cv2.VideoCapture(path)
+    try:
+        stamps = [f.capture_ns for f in camera_frames_from_capture(capture, "cam", live=False)]
+    finally:
+        capture.release()
+    assert stamps == [0, 40_000_000, 80_000_000, 120_000_000]
+
+
+def test_an_epoch_anchored_producer_starting_late_starts_its_source_at_the_present() -> None:
+    s = 1_000_000_000
+    late = Pacer(epoch_ns=time.monotonic_ns() - 5 * s)
+    assert 5 * s <= late.start_offset_ns() < 6 * s
+    assert Pacer(epoch_ns=time.monotonic_ns() + s).start_offset_ns() == 0  # not started yet
+    assert Pacer().start_offset_ns() == 0  # not anchored: from the source's start
+    late.wait(late.start_offset_ns())
+    assert late.start_offset_ns() == 0  # once running, nothing to skip

@@ -338,3 +338,31 @@ def test_topic_filter_yields_the_same_messages_without_rendering() -> None:
     assert encoded(radar_only) == encoded((t, m) for t, m in full if t in {"radar", "ego_motion"})
     with pytest.raises(ConfigError, match="no topics"):
         simulate("city", topics={"lidar"})
+
+
+def test_a_drive_started_late_is_the_same_from_there_and_renders_nothing_before(
+    monkeypatch,
+) -> None:
+    """A restarted producer joins the drive at the present: the calibrations last published
+    first, then what the whole drive yields from then on; the frames it skips are not rendered
+    (rendering them only to skip them took longer than real time on a busy machine, and the
+    camera never caught up)."""
+    from fusion.sim.camera import Renderer
+
+    def encoded(stream):
+        return [(t, b"".join(bytes(f) for f in codec.encode(t, m))) for t, m in stream]
+
+    options = {"seed": 4, "duration_s": 2.0, "width_px": 320, "height_px": 180}
+    drive = list(simulate("city", **options))
+    full = encoded([(t, m) for t, m in drive if t == "calibration" and m.capture_ns == 1e9])
+    full += encoded((t, m) for t, m in drive if m.capture_ns >= 1.2e9)
+    rendered = []
+    original = Renderer.render
+    monkeypatch.setattr(
+        Renderer, "render", lambda self, t, *a: rendered.append(t) or original(self, t, *a)
+    )
+    late = encoded(simulate("city", start_s=1.2, **options))
+    assert late == full and [t for t, _ in late[:2]] == ["calibration", "calibration"]
+    assert min(rendered) >= 1.2 and len(rendered) == 16
+    with pytest.raises(ConfigError, match="start"):
+        simulate("city", start_s=-1.0)

@@ -203,6 +203,97 @@ def test_random_streams_keep_the_contract(match: str, seed: int) -> None:
     assert sum(not s.deadline_passed for s in released) >= 100
 
 
+def test_without_deadline_only_the_data_or_a_promise_settle_a_frame() -> None:
+    sync = ApproximateTimeSync(slop_ns=80 * MS, deadline_ns=None)
+    sync.add_radar(radar(70, period_ms=77))
+    sync.add_camera(camera(100))
+    # No clock: however late it is, a nearer scan may still come (the period is not trusted).
+    assert sync.pop_ready() == [] and sync.pop_ready(10**15) == []
+    sync.complete_until(120 * MS)  # nothing up to 120 ms is still to come: 70 ms is 30 away
+    assert sync.pop_ready() == []
+    sync.complete_until(130 * MS)  # a scan from 131 ms on is farther than 70 ms
+    (synced,) = sync.pop_ready()
+    assert [s.capture_ns for s in synced.radar] == [70 * MS] and not synced.deadline_passed
+    assert "synced" not in synced.camera.trace  # no now_ns, no stamp
+
+
+def test_nearest_ties_go_to_the_earlier_scan() -> None:
+    sync = ApproximateTimeSync(slop_ns=80 * MS, deadline_ns=None)
+    sync.add_radar(radar(90, seq=1))
+    sync.add_camera(camera(100))
+    sync.add_radar(radar(110, seq=2))
+    (synced,) = sync.pop_ready()
+    assert [s.seq for s in synced.radar] == [1]
+
+
+def test_without_deadline_a_full_camera_buffer_releases_its_oldest_frame() -> None:
+    sync = ApproximateTimeSync(slop_ns=10 * MS, deadline_ns=None, max_camera=2)
+    for t in (0, 50, 100):
+        sync.add_camera(camera(t))
+    (synced,) = sync.pop_ready()
+    assert synced.camera.capture_ns == 0 and synced.camera_only and synced.deadline_passed
+    assert sync.stats.unsettled == 1 and sync.stats.dropped == 0
+    assert [s.camera.capture_ns for s in sync.flush()] == [50 * MS, 100 * MS]
+
+
+def test_a_deadline_needs_the_time() -> None:
+    sync = ApproximateTimeSync(deadline_ns=10 * MS)
+    with pytest.raises(ConfigError, match="now_ns"):
+        sync.add_camera(camera(0))
+    with pytest.raises(ConfigError, match="now_ns"):
+        sync.pop_ready()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_without_deadline_pairs_do_not_depend_on_how_the_inputs_interleave(seed: int) -> None:
+    """Jittered camera and radar (with an outage) fed in capture order, with promises, and in
+    random interleavings (transport delays up to 300 ms, each stream in its own order): the same
+    pairs, each the nearest scan of the whole stream within the slop (ties to the earlier)."""
+    rng = np.random.default_rng(seed)
+    slop_ns = 80 * MS
+    cams = [camera(50 * k + rng.uniform(-3, 3), seq=k) for k in range(120)]
+    scans = [
+        radar(1000 / 13 * k + rng.uniform(-25, 25), seq=k) for k in range(78) if not 30 <= k < 40
+    ]
+
+    def pairs(order: list[tuple[int, object]], promise: bool) -> list[tuple[int, int | None]]:
+        sync = ApproximateTimeSync(slop_ns, deadline_ns=None)
+        out = []
+        for kind, msg in order:
+            if kind == 0:
+                sync.add_camera(msg)
+            else:
+                sync.add_radar(msg)
+                if promise:
+                    sync.complete_until(msg.capture_ns)
+            out += sync.pop_ready()
+        out += sync.flush()
+        assert sync.stats.late == 0 and sync.stats.dropped == 0
+        return [(s.camera.seq, s.radar[0].seq if s.radar else None) for s in out]
+
+    in_capture_order = sorted(
+        [(0, c) for c in cams] + [(1, s) for s in scans], key=lambda x: x[1].capture_ns
+    )
+    want = pairs(in_capture_order, promise=False)
+    for c in cams:
+        within = [s for s in scans if abs(s.capture_ns - c.capture_ns) <= slop_ns]
+        best = min(
+            within, key=lambda s: (abs(s.capture_ns - c.capture_ns), s.capture_ns), default=None
+        )
+        assert (c.seq, best.seq if best else None) in want
+    for _ in range(3):
+        # Arrival: capture time plus a random transport delay, each stream in its own order.
+        order = []
+        for kind, stream in ((0, cams), (1, scans)):
+            arrival_ns = 0
+            for msg in stream:
+                arrival_ns = max(arrival_ns, msg.capture_ns + int(rng.uniform(0, 300) * MS))
+                order.append((arrival_ns, kind, msg))
+        order.sort(key=lambda x: (x[0], x[1]))
+        assert pairs([(kind, msg) for _, kind, msg in order], promise=False) == want
+    assert pairs(in_capture_order, promise=True) == want
+
+
 def static_points(xy: np.ndarray) -> np.ndarray:
     points = np.zeros(len(xy), RADAR_POINT_DTYPE)
     points["x"], points["y"], points["z"] = xy[:, 0], xy[:, 1], 0.5

@@ -17,11 +17,14 @@ from fusion.learn.data import LabelledFrame, labelled_frames
 from fusion.learn.evaluate import FAULTS, ablation, auroc, fault_auroc, inject_fault
 from fusion.learn.features import compute_features, load_feature_set, save_feature_set
 from fusion.learn.train import EarlyStopping, fit_ground_plane, learning_rate, train
+from fusion.logs.memory import MessageLog
+from fusion.logs.player import Player
 from fusion.model import FusionNet, load_weights
 from fusion.model.detector import Detector
 from fusion.model.inputs import encode_inputs, radar_raster
 from fusion.model.synthetic import frame, tiny_config
 from fusion.perception.pipeline import FusionPipeline, PipelineConfig
+from fusion.runtime.testing import FakeSubscriber
 from fusion.sim import simulate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,31 +58,24 @@ class _Recording(Detector):
 
 
 def test_training_samples_are_the_inputs_the_fusion_node_runs_on() -> None:
-    """One simulated drive through the fusion node's pipeline with a real detector (as the node
-    runs it) and through the training data path: every frame's network inputs are identical,
-    bit for bit (same sync, motion compensation, radar calibration, image decode, rasters)."""
+    """One simulated drive played as ``fusion play --lockstep`` sends it into the fusion node's
+    pipeline with a real detector (as ``nodes.fusion_node --lockstep`` runs it), and through the
+    training data path: every frame's network inputs are identical, bit for bit (same pairing,
+    motion compensation, radar calibration, image decode, rasters, lift grid)."""
     model = FusionNet(tiny_config()).eval()
     detector = _Recording(model, device="cpu", backend="torch")
     detector.seen = []
-    messages = list(simulate("city", seed=3, duration_s=1.5))
-    now = [0]
-    pipeline = FusionPipeline(
-        detector, PipelineConfig(drop_stale=False, sync_deadline_ms=1e9), clock_ns=lambda: now[0]
-    )
-    outputs = []
-    for topic, msg in messages:  # in data time, stepping once per log time, as lock-step does
-        if msg.capture_ns > now[0]:
-            outputs += pipeline.step(now[0])
-            now[0] = msg.capture_ns
-        pipeline.add(topic, msg, now[0])
-    outputs += pipeline.step(now[0] + 10**10)
+    log = MessageLog(simulate("city", seed=3, duration_s=1.5), "city")
+    player = Player(log, lockstep=True, answers=FakeSubscriber("detections"), clock_ns=lambda: 0)
+    pipeline = FusionPipeline(detector, PipelineConfig(lockstep=True), clock_ns=lambda: 0)
+    outputs = [out for topic, msg in player.lockstep_stream() for out in pipeline.feed(topic, msg)]
     served = {
         out.source_seqs["camera"]: inputs
-        for out, inputs in zip(outputs, detector.seen, strict=True)
+        for out, inputs in zip([o for o in outputs if o.valid], detector.seen, strict=True)
     }
     cfg = model.cfg
-    frames = list(labelled_frames(iter(messages), (cfg.input_w, cfg.input_h), "city"))
-    assert len(frames) > 20 and len(served) == len(outputs)
+    frames = list(labelled_frames(log, (cfg.input_w, cfg.input_h), "city"))
+    assert len(frames) > 20 and len(frames) == len(served)
     for f in frames:
         trained = encode_inputs(f.inputs, cfg)
         node = served[int(f.key.rsplit("/", 1)[1])]
@@ -95,8 +91,8 @@ def test_training_frames_pair_each_camera_frame_with_its_own_scan_whatever_the_o
     size = (cfg.input_w, cfg.input_h)
     camera_first = sorted(messages, key=lambda tm: (tm[1].capture_ns, tm[0] != "camera"))
     radar_first = sorted(messages, key=lambda tm: (tm[1].capture_ns, tm[0] != "radar"))
-    a = list(labelled_frames(iter(camera_first), size, "a"))
-    b = list(labelled_frames(iter(radar_first), size, "a"))
+    a = list(labelled_frames(MessageLog(camera_first), size, "a"))
+    b = list(labelled_frames(MessageLog(radar_first), size, "a"))
     assert [f.key for f in a] == [f.key for f in b] and len(a) > 5
     for fa, fb in zip(a, b, strict=True):
         np.testing.assert_array_equal(fa.inputs.points, fb.inputs.points)

@@ -1,11 +1,12 @@
 """The data sets training and evaluation share: labelled frames made by the fusion node's code.
 
-Every source becomes a time-ordered stream of ``(topic, message)`` pairs, exactly what a
-recording holds, and `labelled_frames` replays it through the fusion node's own pipeline in data
-time (`fusion.perception.pipeline.replay_frames`): the same sync (each camera frame paired with
-the nearest radar scan within the slop, as in lock-step replay), the same motion compensation,
-the same radar calibration, the same image decode. A frame keeps the ground truth stamped with
-its capture time. Validation is always a different sequence than training.
+Every source is a recording or a time-ordered stream of ``(topic, message)`` pairs held in
+memory (`fusion.logs.memory.MessageLog`), and `labelled_frames` replays it as ``fusion play
+--lockstep`` does into the fusion node's own pipeline in lock-step: the same sync (each camera
+frame paired with the nearest radar scan within the slop, whatever the order of messages with
+equal times), the same motion compensation, the same radar calibration, the same image decode.
+A frame keeps the ground truth stamped with its capture time. Validation is always a different
+sequence than training.
 
 - Astyx (`astyx_frames`): the importer's messages for chosen frame indices; `astyx_split` splits
   whole runs (test: the last runs holding 20 % of the frames, 356-445; val: the runs before them
@@ -18,24 +19,26 @@ its capture time. Validation is always a different sequence than training.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fusion.datasets.astyx import default_root, read_frame, sequence_ids
-from fusion.logs.reader import recorded_messages
+from fusion.logs.memory import MessageLog
+from fusion.logs.player import Player
+from fusion.logs.reader import RecordingReader
 from fusion.perception.frame import FrameInputs
-from fusion.perception.pipeline import AssembledFrame, PipelineConfig, replay_frames
+from fusion.perception.geometry import CameraModel
+from fusion.perception.pipeline import FusionPipeline, PipelineConfig
+from fusion.runtime.testing import FakeSubscriber
 from fusion.sim import simulate
-from fusion.wire.messages import GroundTruth, Message
+from fusion.wire.messages import GroundTruth, Message, empty_detections
 
 ASTYX_TEST_FRACTION = 0.2
 ASTYX_VAL_FRACTION = 0.15
 SIM_SCENARIOS = ("city", "highway", "night")
-#: How long (log time) a frame waits for ground truth stamped with its capture time.
-GROUND_TRUTH_WAIT_NS = 1_000_000_000
 
 
 @dataclass
@@ -48,49 +51,67 @@ class LabelledFrame:
     key: str  # unique name of the frame
 
 
+class _Capture:
+    """A `DetectorLike` that keeps each frame's assembled inputs instead of running a model."""
+
+    def __init__(self, input_size: tuple[int, int]) -> None:
+        self.cfg = _InputSize(*input_size)
+        self.frames: deque[tuple[FrameInputs, str]] = deque()
+
+    def preprocess(self, image_bgr: np.ndarray, radar_points: np.ndarray, camera: CameraModel):
+        return FrameInputs(image_bgr, radar_points, camera)
+
+    def infer(self, prepared: FrameInputs, mode: str = "fused") -> None:
+        self.frames.append((prepared, mode))
+
+    def decode(self, prepared: FrameInputs, raw: None) -> tuple[np.ndarray, dict[str, float]]:
+        return empty_detections(), {}
+
+
+@dataclass
+class _InputSize:
+    input_w: int
+    input_h: int
+
+
 def labelled_frames(
-    messages: Iterable[tuple[str, Message]],
+    log: MessageLog | RecordingReader,
     input_size: tuple[int, int],
     sequence: str,
     frame_step: int = 1,
-    config: PipelineConfig | None = None,
     fused_only: bool = True,
 ) -> Iterator[LabelledFrame]:
-    """Every `frame_step`-th frame the fusion node would run the model on, with the ground truth
-    stamped at its capture time (frames without ground truth are skipped, and with `fused_only`
-    frames the node would not fuse: training makes its own camera- and radar-only samples)."""
+    """Every `frame_step`-th frame the fusion node would run the model on when `log` (a
+    recording, or messages held in memory) is replayed in lock-step (`Player.lockstep_stream`
+    into a lock-step `FusionPipeline`, exactly as ``fusion play --lockstep`` into
+    ``nodes.fusion_node --lockstep``), with the ground truth stamped at its capture time.
+    Frames without ground truth are skipped, and with `fused_only` frames the node would not
+    fuse (training makes its own camera- and radar-only samples).
+    `input_size` (width, height) is the model's: it decides how small a JPEG may be decoded."""
+    player = Player(
+        log,
+        lockstep=True,
+        answers=FakeSubscriber("detections"),  # nobody answers: only the stream is used
+        clock_ns=lambda: 0,  # stamps = log time - the log's start
+    )
+    capture = _Capture(input_size)
+    pipeline = FusionPipeline(capture, PipelineConfig(lockstep=True), clock_ns=lambda: 0)
     truths: dict[int, np.ndarray] = {}
-    latest_ns = [0]
-
-    def tap(stream: Iterable[tuple[str, Message]]) -> Iterator[tuple[str, Message]]:
-        for topic, msg in stream:
-            latest_ns[0] = max(latest_ns[0], int(msg.capture_ns))
-            if isinstance(msg, GroundTruth):
-                truths[msg.capture_ns] = msg.boxes
-            else:
-                yield topic, msg
-
-    # A frame can be settled before its ground truth (stamped with its capture time) is read.
-    pending: deque[AssembledFrame] = deque()
-
-    def release(final: bool) -> Iterator[LabelledFrame]:
-        while pending and (
-            final
-            or pending[0].capture_ns in truths
-            or latest_ns[0] - pending[0].capture_ns > GROUND_TRUTH_WAIT_NS
-        ):
-            frame = pending.popleft()
-            boxes = truths.pop(frame.capture_ns, None)
-            if boxes is not None and (not fused_only or frame.mode == "fused"):
-                yield LabelledFrame(
-                    frame.inputs, boxes, sequence, f"{sequence}/{frame.sources['camera']}"
-                )
-
-    for k, frame in enumerate(replay_frames(tap(messages), input_size, config)):
-        if k % frame_step == 0:
-            pending.append(frame)
-        yield from release(final=False)
-    yield from release(final=True)
+    k = 0
+    for topic, msg in player.lockstep_stream():
+        if isinstance(msg, GroundTruth):
+            truths[msg.capture_ns] = msg.boxes
+            continue
+        for out in pipeline.feed(topic, msg):
+            if not out.valid:
+                continue
+            inputs, mode = capture.frames.popleft()
+            boxes = truths.pop(out.capture_ns, None)
+            k += 1
+            if (k - 1) % frame_step or boxes is None or (fused_only and mode != "fused"):
+                continue
+            key = f"{sequence}/{out.source_seqs['camera']}"
+            yield LabelledFrame(inputs, boxes, sequence, key)
 
 
 def astyx_messages(root: Path | str, indices: Sequence[int]) -> Iterator[tuple[str, Message]]:
@@ -112,7 +133,8 @@ def astyx_frames(
     root = Path(root) if root else default_root()
     runs = sequence_ids(root)
     frames = []
-    for frame in labelled_frames(astyx_messages(root, indices), input_size, "astyx"):
+    log = MessageLog(astyx_messages(root, indices), "astyx")
+    for frame in labelled_frames(log, input_size, "astyx"):
         index = int(frame.key.rsplit("/", 1)[1])
         frame.sequence = f"astyx/run{runs[index]:03d}"
         frame.key = f"astyx/{index:06d}"
@@ -171,7 +193,8 @@ def _runs(root: Path | str | None) -> dict[int, list[int]]:
 
 def recording_frames(path: Path | str, input_size: tuple[int, int]) -> list[LabelledFrame]:
     """The labelled frames of one recording (its file name is the sequence)."""
-    return list(labelled_frames(recorded_messages(path), input_size, Path(path).stem))
+    with RecordingReader(path) as reader:
+        return list(labelled_frames(reader, input_size, Path(path).stem))
 
 
 def sim_frames(
@@ -185,6 +208,7 @@ def sim_frames(
     frames = []
     for k, seed in enumerate(seeds):
         scenario = scenarios[k % len(scenarios)]
-        messages = simulate(scenario, seed=seed, duration_s=duration_s)
-        frames += labelled_frames(messages, input_size, f"sim-{scenario}-{seed}", frame_step)
+        name = f"sim-{scenario}-{seed}"
+        log = MessageLog(simulate(scenario, seed=seed, duration_s=duration_s), name)
+        frames += labelled_frames(log, input_size, name, frame_step)
     return frames

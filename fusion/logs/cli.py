@@ -17,18 +17,37 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fusion.errors import ConfigError
-from fusion.logs.faults import parse_specs, sleep_until_monotonic
-from fusion.logs.player import DEFAULT_LOCKSTEP_TIMEOUT_S, MAX_RATE, MIN_RATE, Player, PlayStats
+from fusion.errors import ConfigError, ReplayError
+from fusion.logs.faults import parse_specs
+from fusion.logs.player import (
+    CONTROL_TOPIC,
+    DEFAULT_LOCKSTEP_DEPTH,
+    DEFAULT_LOCKSTEP_TIMEOUT_S,
+    MAX_RATE,
+    MIN_RATE,
+    Player,
+    PlayStats,
+)
 from fusion.logs.reader import RecordingReader
 from fusion.logs.recorder import RECORDER_QUEUE_SIZE, Recorder
 from fusion.logs.recover import recover
 from fusion.logs.writer import COMPRESSIONS, DEFAULT_CHUNK_SIZE, RecordingWriter
+from fusion.perception.sync import DEFAULT_SLOP_MS
 from fusion.runtime import node
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import services
 
 log = logging.getLogger(__name__)
+
+#: How long a replay waits for its subscribers by default: a moment for a timed replay (late
+#: subscribers lose messages, as they would live); a lock-step replay has no use without its
+#: consumer, and the fusion node subscribes only after loading and warming up its model
+#: (4-24 s on 2 busy cores, more on a slow disk).
+WAIT_SUBSCRIBERS_S = 1.0
+WAIT_CONSUMER_S = 180.0
+WAIT_PROGRESS_S = 5.0
+#: Once the other topics have their subscribers, how long to wait for one on the control topic.
+WAIT_CONTROL_S = 1.0
 
 
 def _topic_list(text: str) -> list[str]:
@@ -85,6 +104,20 @@ def add_play_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LOCKSTEP_TIMEOUT_S,
         help="longest wait for an answer in lock-step (counted, then moves on)",
     )
+    parser.add_argument(
+        "--lockstep-window-ms",
+        type=float,
+        default=DEFAULT_SLOP_MS,
+        help="lock-step: before waiting for a frame's answer, send everything captured up to "
+        "this long after it (at least the fusion node's --slop-ms)",
+    )
+    parser.add_argument(
+        "--lockstep-depth",
+        type=int,
+        default=DEFAULT_LOCKSTEP_DEPTH,
+        help="lock-step: frames sent ahead of their answers (1 = wait for each frame's answer "
+        "before sending the next window; the outputs are the same either way)",
+    )
     parser.add_argument("--loop", action="store_true", help="play again and again until stopped")
     parser.add_argument("--start", type=float, default=0.0, help="start this many seconds in")
     parser.add_argument("--end", type=float, default=None, help="stop this many seconds in")
@@ -92,8 +125,10 @@ def add_play_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait-subscribers-s",
         type=float,
-        default=1.0,
-        help="wait this long for a subscriber on every topic before starting (0: do not)",
+        default=None,
+        help=f"wait this long for a subscriber on every topic before starting (0: do not; "
+        f"default {WAIT_SUBSCRIBERS_S:g} s, in lock-step {WAIT_CONSUMER_S:g} s for the consumer, "
+        "after which the replay fails)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
     parser.add_argument(
@@ -108,16 +143,34 @@ def add_play_arguments(parser: argparse.ArgumentParser) -> None:
     node.add_common_arguments(parser)
 
 
-def _wait_for_subscribers(publishers: dict[str, Publisher], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    waiting = dict(publishers)
-    while waiting and time.monotonic() < deadline:
-        waiting = {t: p for t, p in waiting.items() if p.subscriber_count() < 1}
+def _wait_for_subscribers(
+    publishers: dict[str, Publisher], answers: Subscriber | None, timeout_s: float
+) -> list[str]:
+    """Wait up to `timeout_s` for a subscriber on every topic but the control topic (and, in
+    lock-step, for the connection to the answers' publisher), logging progress; then a moment
+    more for one on the control topic (a consumer that takes lock-step steps subscribes to it
+    first; a simple one does not). Returns what is still missing."""
+    start = time.monotonic()
+    next_progress = start + WAIT_PROGRESS_S
+    waiting = sorted(t for t in publishers if t != CONTROL_TOPIC)
+    while True:
+        waiting = [t for t in waiting if publishers[t].subscriber_count() < 1]
+        if answers is not None and answers.security is not None and answers.security.succeeded:
+            answers = None
+        missing = waiting + ([f"{answers.topic} (publisher)"] if answers is not None else [])
+        now = time.monotonic()
+        if not missing or now - start >= timeout_s:
+            break
+        if now >= next_progress:
+            next_progress = now + WAIT_PROGRESS_S
+            log.info("waiting for %s (%.0f of %.0f s)", ", ".join(missing), now - start, timeout_s)
         time.sleep(0.01)
-    if waiting:
-        log.info("no subscriber yet on %s; publishing anyway", sorted(waiting))
-    else:
+    if not missing and CONTROL_TOPIC in publishers:
+        if not publishers[CONTROL_TOPIC].wait_for_subscribers(1, timeout_s=WAIT_CONTROL_S):
+            log.info("no subscriber on %s: consumers will not see the replay's pace", CONTROL_TOPIC)
+    elif not missing:
         time.sleep(0.02)  # subscriptions arrive slightly before the pipes are ready
+    return missing
 
 
 def _progress_printer(stats_period_s: float) -> Callable[[PlayStats], None]:
@@ -142,16 +195,20 @@ def _on_signals(handler: Callable[[], None]) -> None:
 
 def run_play(args: argparse.Namespace) -> int:
     overrides = node.endpoint_overrides(args)
-    timed = not (args.max_speed or args.lockstep)
-    faults = parse_specs(args.inject, sleep_until_monotonic if timed else None)
+    faults = parse_specs(args.inject)
+    wait_s = args.wait_subscribers_s
+    if wait_s is None:
+        wait_s = WAIT_CONSUMER_S if args.lockstep else WAIT_SUBSCRIBERS_S
     with RecordingReader(args.file) as reader:
         topics = args.topics or [
-            t for t in reader.topics if not (args.lockstep and t == "detections")
+            t
+            for t in reader.topics
+            if not (args.lockstep and t == "detections") and t != CONTROL_TOPIC
         ]
         publishers: dict[str, Publisher] = {}
         answers = None
         try:
-            for topic in topics:
+            for topic in [*topics, CONTROL_TOPIC]:
                 publishers[topic] = Publisher(topic, services.endpoint(topic, overrides))
             if args.lockstep:
                 answers = Subscriber(
@@ -167,6 +224,8 @@ def run_play(args: argparse.Namespace) -> int:
                 lockstep=args.lockstep,
                 answers=answers,
                 lockstep_timeout_s=args.lockstep_timeout_s,
+                lockstep_window_ms=args.lockstep_window_ms,
+                lockstep_depth=args.lockstep_depth,
                 loop=args.loop,
                 start_s=args.start,
                 end_s=args.end,
@@ -174,10 +233,16 @@ def run_play(args: argparse.Namespace) -> int:
                 faults=faults,
             )
             _on_signals(player.stop)
-            if args.wait_subscribers_s > 0:
-                _wait_for_subscribers(publishers, args.wait_subscribers_s)
-                if answers is not None and not answers.wait_connected(args.wait_subscribers_s):
-                    log.info("lock-step: no detections publisher yet; starting anyway")
+            if wait_s > 0:
+                missing = _wait_for_subscribers(publishers, answers, wait_s)
+                if missing and args.lockstep:
+                    raise ReplayError(
+                        f"lock-step: no consumer after {wait_s:g} s (still missing: "
+                        f"{', '.join(missing)}); start the fusion node with --lockstep, or wait "
+                        "longer with --wait-subscribers-s"
+                    )
+                if missing:
+                    log.info("no subscriber yet on %s; publishing anyway", ", ".join(missing))
             progress = None if args.no_progress else _progress_printer(args.stats_period_s)
             stats = player.run(on_progress=progress)
         finally:

@@ -5,9 +5,13 @@ camera frame whose radar matching is settled into one `Detections` message:
 
 1. **Sync**: camera frames are paired with radar scans by
 `fusion.perception.sync.ApproximateTimeSync`;
-   radar points are motion-compensated to the camera's capture time with the latest ego motion.
+   radar points are motion-compensated to the camera's capture time with the ego motion nearest
+   in time, unless it is older than `max_ego_age_ms` (counted, logged, and the output's
+   ``health`` says so: ``motion_compensated`` 0 and ``ego_age_ms``).
 2. **Budget**: a frame already older than `budget_ms` when it is picked up is dropped and
    counted (``stale``); a frame finished past its deadline is published with ``budget_miss``.
+   Age is measured from when the frame was due: its capture time, or for a replay at another
+   pace the moment its `ReplayControl` says it was due; an untimed replay has no age.
 3. **Mode**: ``fused`` when both sensors are healthy; ``camera_only`` when the radar is silent,
    invalid or matched nothing; ``radar_only`` when the camera has been silent for longer than its
    alive timeout (outputs then follow the radar's scans, at the radar's rate).
@@ -19,8 +23,14 @@ camera frame whose radar matching is settled into one `Detections` message:
    report in ``health`` (``ok`` is 0 when the health score is past the model's calibrated
    threshold; such outputs are counted as ``health_flagged``).
 
-`replay_frames` runs recorded messages through the same logic in data time and yields the
-assembled frames: how training builds its samples.
+**Lock-step** (``lockstep``): the inputs come from a lock-step replay, in the order the player
+sent them, and `control` is called with each of its steps. Everything is then decided by the
+data alone, so the outputs are the same on any machine: the synchroniser has no wall-clock
+deadline (a frame is released when the data or a step settle its pairing), nothing is dropped
+for age and no budget miss is counted (the capture stamps fall behind the clock as the replay
+runs slower than real time; latency is then measured from the frame's receipt), liveness
+(radar-only, camera-only) is judged on capture times, and every frame is answered, an unusable
+one with an invalid output.
 
 Every input that cannot be used is counted by reason in `counters` and logged (rate-limited);
 nothing raises out of `add` or `step` for bad data.
@@ -28,11 +38,11 @@ nothing raises out of `add` or `step` for bad data.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,14 +53,16 @@ from fusion.errors import CalibrationError, ConfigError, FusionError, ImageError
 from fusion.perception.frame import FrameInputs, radar_points, to_reference
 from fusion.perception.geometry import CameraModel, check_transform
 from fusion.perception.image import camera_image
-from fusion.perception.sync import ApproximateTimeSync, SyncedFrame
+from fusion.perception.sync import DEFAULT_SLOP_MS, ApproximateTimeSync, SyncedFrame
 from fusion.wire.messages import (
+    RADAR_POINT_DTYPE,
     Calibration,
     CameraFrame,
     Detections,
     EgoMotion,
     Message,
     RadarScan,
+    ReplayControl,
     empty_detections,
 )
 
@@ -65,6 +77,8 @@ RADAR_TIMEOUT_NS = 400_000_000
 #: Radar calibrations kept (one per radar sensor id); more are rejected and counted.
 MAX_RADARS = 16
 MODES = ("auto", "camera_only", "radar_only")
+#: Ego motion messages kept to find the one nearest a frame (20 Hz: the last 0.8 s).
+EGO_BUFFER = 16
 
 
 class DetectorLike:
@@ -83,11 +97,13 @@ class PipelineConfig:
     drop_stale: bool = True  # drop frames already older than the budget when picked up
     # a radar scan matches a frame within this much capture time; a little over one 13 Hz radar
     # period, so every frame has a scan to fuse (motion compensation covers the offset)
-    slop_ms: float = 80.0
+    slop_ms: float = DEFAULT_SLOP_MS
     sync_deadline_ms: float = 10.0  # longest a frame waits for its radar match (ms)
     motion_compensation: bool = True
+    max_ego_age_ms: float = 200.0  # ego motion this far from a frame's capture is not used
     camera_sensor: str = "camera_front"
     answer_every_frame: bool = False  # lock-step replay: an unusable frame gets an invalid output
+    lockstep: bool = False  # decide by the data alone (see the module docstring)
     mode: str = "auto"  # auto (follow the sensors), or hold the model to camera_only/radar_only
 
     def __post_init__(self) -> None:
@@ -107,28 +123,41 @@ class FusionPipeline:
         self.clock_ns = clock_ns
         self.sync = ApproximateTimeSync(
             slop_ns=int(self.cfg.slop_ms * 1e6),
-            deadline_ns=int(self.cfg.sync_deadline_ms * 1e6),
+            deadline_ns=None if self.cfg.lockstep else int(self.cfg.sync_deadline_ms * 1e6),
             on_drop=self._on_sync_drop,
         )
+        self.answer_every_frame = self.cfg.answer_every_frame or self.cfg.lockstep
         self.camera: CameraModel | None = None
         self.radar_to_ref: dict[str, np.ndarray] = {}
-        self.ego: EgoMotion | None = None
+        self.egos: deque[EgoMotion] = deque(maxlen=EGO_BUFFER)
         self.counters: Counter[str] = Counter()
-        self.latency_ms = LatencyHistogram()  # capture -> detections decoded
+        self.latency_ms = LatencyHistogram()  # due (capture) or, untimed, receipt -> decoded
         self.seq = 0
         self._last_camera_ns: int | None = None  # receive time, monotonic
         self._last_radar_ns: int | None = None
         self._radar_only_queue: list[RadarScan] = []
+        self._answers: list[Detections] = []  # lock-step answers to frames the sync dropped
+        self._data_ns = 0  # lock-step: the newest capture time fed, the clock of liveness
+        self._end_of_replay = False
+        self._pace: tuple[float, int] | None = None  # a replay's (rate, origin_ns)
+        # Lock-step: frames wait for their step, so their images are decoded meanwhile, beside
+        # the model (OpenCV releases the GIL); keyed by the frame's identity.
+        self._decoder = ThreadPoolExecutor(1, "decode-ahead") if self.cfg.lockstep else None
+        self._decoded: dict[int, Future] = {}
         self._log = RateLimitedLog(log)
 
     # ---- inputs -------------------------------------------------------------------------
 
     def add(self, topic: str, msg: Message, now_ns: int | None = None) -> None:
         now_ns = self.clock_ns() if now_ns is None else now_ns
+        if self.cfg.lockstep and isinstance(msg, CameraFrame | RadarScan):
+            self._data_ns = max(self._data_ns, msg.capture_ns)
+            now_ns = self._data_ns
         if isinstance(msg, CameraFrame):
             self._last_camera_ns = now_ns
             self.counters["camera_in"] += 1
             self._radar_only_queue.clear()
+            self.prefetch(msg)
             self.sync.add_camera(msg, now_ns)
         elif isinstance(msg, RadarScan):
             self.counters["radar_in"] += 1
@@ -142,7 +171,39 @@ class FusionPipeline:
         elif isinstance(msg, Calibration):
             self._set_calibration(msg)
         elif isinstance(msg, EgoMotion):
-            self.ego = msg
+            self.egos.append(msg)
+        elif isinstance(msg, ReplayControl):
+            self._pace = (msg.rate, msg.origin_ns)
+
+    def feed(self, topic: str, msg: Message) -> list[Detections]:
+        """One input in the order a lock-step replay sent it: a `ReplayControl` step goes to
+        `control` (returning its outputs), anything else to `add`. The fusion node and
+        `tests/process_replay.py` feed a lock-step replay through this one door."""
+        if isinstance(msg, ReplayControl):
+            return self.control(msg)
+        self.add(topic, msg)
+        return []
+
+    def prefetch(self, frame: CameraFrame) -> None:
+        """Lock-step: start decoding `frame`'s image now, in a thread beside the model; the
+        frame, once added and synced, uses it (a node calls this as frames arrive, before their
+        step)."""
+        if self._decoder is not None and id(frame) not in self._decoded:
+            size = (self.detector.cfg.input_w, self.detector.cfg.input_h)
+            self._decoded[id(frame)] = self._decoder.submit(camera_image, frame, size)
+
+    def control(self, msg: ReplayControl, now_ns: int | None = None) -> list[Detections]:
+        """A replay's control message: its pace (see `ReplayControl`) and, in lock-step, a step:
+        what it promises settles frames, which are processed now; the final step releases
+        everything. Returns the outputs to publish."""
+        self.add("replay_control", msg, now_ns)
+        if not (self.cfg.lockstep and msg.lockstep):
+            return []
+        if msg.final:
+            self._end_of_replay = True
+        else:
+            self.sync.complete_until(msg.sent_until_ns)
+        return self.step(now_ns)
 
     def _clean_radar(self, scan: RadarScan) -> RadarScan | None:
         points = scan.points
@@ -173,9 +234,12 @@ class FusionPipeline:
             return
         self.radar_to_ref[calib.sensor_id] = transform
 
-    def _on_sync_drop(self, topic: str, _msg: Message, reason: str) -> None:
+    def _on_sync_drop(self, topic: str, msg: Message, reason: str) -> None:
         if reason != "camera_only":
+            self._decoded.pop(id(msg), None)
             self.counters[f"sync_{topic}_{reason}"] += 1
+        if topic == "camera" and reason != "camera_only" and self.answer_every_frame:
+            self._answers.append(self._invalid(msg, self.clock_ns()))
 
     def _reject(self, reason: str, message: str) -> None:
         self.counters[reason] += 1
@@ -194,11 +258,14 @@ class FusionPipeline:
     def step(self, now_ns: int | None = None) -> list[Detections]:
         """Process every frame that is ready; returns the outputs to publish."""
         now_ns = self.clock_ns() if now_ns is None else now_ns
+        live_ns = self._data_ns if self.cfg.lockstep else now_ns
         ready = self.sync.pop_ready(now_ns)
-        if not self.radar_alive(now_ns):
+        if self._end_of_replay or (not self.cfg.lockstep and not self.radar_alive(now_ns)):
             ready += self.sync.flush(now_ns)  # no radar to wait for
-        outputs = [out for synced in ready if (out := self._process(synced)) is not None]
-        if self._radar_only_queue and not self.camera_alive(now_ns):
+            self._end_of_replay = False
+        outputs, self._answers = self._answers, []
+        outputs += [out for synced in ready if (out := self._process(synced)) is not None]
+        if self._radar_only_queue and not self.camera_alive(live_ns):
             scans, self._radar_only_queue = self._radar_only_queue, []
             outputs += [
                 out for scan in scans if (out := self._process_radar_only(scan)) is not None
@@ -214,12 +281,15 @@ class FusionPipeline:
         assembled = self.assemble(synced)
         if assembled is None:
             return self._invalid(frame, picked_ns)
-        inputs, mode, sources = assembled
-        return self._run(frame, inputs, mode, sources, picked_ns)
+        inputs, mode, sources, marks = assembled
+        return self._run(frame, inputs, mode, sources, picked_ns, marks)
 
-    def assemble(self, synced: SyncedFrame) -> tuple[FrameInputs, str, dict[str, int]] | None:
-        """A synced frame's model inputs, the model mode and the input seqs by topic; None
-        (counted, logged) when the frame cannot be used."""
+    def assemble(
+        self, synced: SyncedFrame
+    ) -> tuple[FrameInputs, str, dict[str, int], dict[str, float]] | None:
+        """A synced frame's model inputs, the model mode, the input seqs by topic and the marks
+        for the output's health (how the radar was compensated); None (counted, logged) when
+        the frame cannot be used."""
         frame = synced.camera
         if self.camera is None:
             self._reject("no_calibration", "no camera calibration yet; frame dropped")
@@ -227,18 +297,37 @@ class FusionPipeline:
         image = self._image(frame)
         if image is None:
             return None
-        ego = self.ego if self.cfg.motion_compensation else None
-        points = radar_points(
-            synced,
-            ego.speed_mps if ego else None,
-            ego.yaw_rate_rps if ego else None,
-            self.radar_to_ref,
-        )
+        points = np.zeros(0, RADAR_POINT_DTYPE)
+        marks: dict[str, float] = {}
+        if synced.radar:
+            ego, marks = self._ego_for(frame) if self.cfg.motion_compensation else (None, {})
+            points = radar_points(
+                synced,
+                ego.speed_mps if ego else None,
+                ego.yaw_rate_rps if ego else None,
+                self.radar_to_ref,
+            )
         mode = "fused" if synced.radar else "camera_only"
         if self.cfg.mode != "auto":
             mode = self.cfg.mode
         sources = {"camera": frame.seq, **({"radar": synced.radar[-1].seq} if synced.radar else {})}
-        return FrameInputs(image, points, self.camera), mode, sources
+        return FrameInputs(image, points, self.camera), mode, sources, marks
+
+    def _ego_for(self, frame: CameraFrame) -> tuple[EgoMotion | None, dict[str, float]]:
+        """The ego motion nearest the frame's capture (of two equally near, the earlier), if it
+        is recent enough to compensate with, and the marks for the output's health."""
+        if not self.egos:
+            return None, {}
+        ego = min(self.egos, key=lambda e: (abs(e.capture_ns - frame.capture_ns), e.capture_ns))
+        age_ms = abs(frame.capture_ns - ego.capture_ns) / 1e6
+        if age_ms <= self.cfg.max_ego_age_ms:
+            return ego, {"motion_compensated": 1.0, "ego_age_ms": age_ms}
+        self._reject(
+            "ego_motion_stale",
+            f"ego motion {age_ms:.0f} ms from camera frame {frame.seq} (limit "
+            f"{self.cfg.max_ego_age_ms:g} ms); radar not motion-compensated",
+        )
+        return None, {"motion_compensated": 0.0, "ego_age_ms": age_ms}
 
     def _process_radar_only(self, scan: RadarScan) -> Detections | None:
         picked_ns = self.clock_ns()
@@ -247,21 +336,23 @@ class FusionPipeline:
             return None
         if self.camera is None:
             self._reject("no_calibration", "no camera calibration yet; scan dropped")
-            return None
+            return self._invalid(scan, picked_ns)
         blank = np.zeros((self.camera.height_px, self.camera.width_px, 3), np.uint8)
         points = to_reference(scan.points, self.radar_to_ref.get(scan.sensor_id))
         inputs = FrameInputs(blank, points, self.camera)
         return self._run(scan, inputs, "radar_only", {"radar": scan.seq}, picked_ns)
 
-    def _invalid(self, frame: CameraFrame, picked_ns: int) -> Detections | None:
-        """The answer to an unusable frame: nothing, or in lock-step an invalid, empty output."""
-        if not self.cfg.answer_every_frame:
+    def _invalid(self, frame: Message, picked_ns: int) -> Detections | None:
+        """The answer to an unusable frame (or, radar-only, scan): nothing, or in lock-step an
+        invalid, empty output."""
+        if not self.answer_every_frame:
             return None
+        camera = isinstance(frame, CameraFrame)
         out = Detections(
             objects=empty_detections(),
-            mode="camera_only",
+            mode="camera_only" if camera else "radar_only",
             valid=False,
-            source_seqs={"camera": frame.seq},
+            source_seqs={"camera" if camera else "radar": frame.seq},
             seq=self.seq,
             capture_ns=frame.capture_ns,
             sensor_id="fusion",
@@ -272,16 +363,34 @@ class FusionPipeline:
         return out
 
     def _stale(self, capture_ns: int, now_ns: int, clock: str) -> bool:
+        due_ns = self._due_ns(capture_ns, clock)
         return (
             self.cfg.drop_stale
-            and clock == "monotonic"
-            and now_ns - capture_ns > self.cfg.budget_ms * 1e6
+            and due_ns is not None
+            and now_ns - due_ns > self.cfg.budget_ms * 1e6
         )
+
+    def _due_ns(self, capture_ns: int, clock: str) -> int | None:
+        """When a message stamped `capture_ns` was due on this host's monotonic clock: its
+        stamp, or as a replay's `ReplayControl` maps it; None where age means nothing (another
+        clock, an untimed replay, lock-step)."""
+        if clock != "monotonic" or self.cfg.lockstep:
+            return None
+        if self._pace is None:
+            return capture_ns
+        rate, origin_ns = self._pace
+        if rate <= 0:
+            return None
+        return origin_ns + int((capture_ns - origin_ns) / rate)
 
     def _image(self, frame: CameraFrame) -> np.ndarray | None:
         cfg = self.detector.cfg
+        decoded = self._decoded.pop(id(frame), None)
         try:
-            image = camera_image(frame, (cfg.input_w, cfg.input_h))
+            if decoded is not None:
+                image = decoded.result()
+            else:
+                image = camera_image(frame, (cfg.input_w, cfg.input_h))
         except ImageError as exc:
             self._reject("bad_image", str(exc))
             return None
@@ -302,6 +411,7 @@ class FusionPipeline:
         mode: str,
         sources: dict[str, int],
         picked_ns: int,
+        marks: dict[str, float] | None = None,
     ) -> Detections | None:
         trace = input_trace(source)
         trace["synced"] = picked_ns
@@ -314,23 +424,22 @@ class FusionPipeline:
             trace["decoded"] = self.clock_ns()
         except FusionError as exc:
             self._reject("model_error", f"model failed on {mode} input: {exc}")
-            return self._invalid(source, picked_ns) if isinstance(source, CameraFrame) else None
+            return self._invalid(source, picked_ns)
         self.counters[mode] += 1
         if health.get("ok", 1.0) == 0.0:
             self.counters["health_flagged"] += 1
-        budget_miss = (
-            source.clock == "monotonic"
-            and trace["decoded"] - source.capture_ns > self.cfg.budget_ms * 1e6
-        )
+        due_ns = self._due_ns(source.capture_ns, source.clock)
+        budget_miss = due_ns is not None and trace["decoded"] - due_ns > self.cfg.budget_ms * 1e6
         self.counters["budget_miss"] += budget_miss
-        if source.clock == "monotonic":
-            self.latency_ms.add((trace["decoded"] - source.capture_ns) / 1e6)
+        start_ns = trace.get("received") if due_ns is None else due_ns
+        if start_ns is not None:
+            self.latency_ms.add((trace["decoded"] - start_ns) / 1e6)
         out = Detections(
             objects=objects if len(objects) else empty_detections(),
             mode=mode,
             valid=True,
             budget_miss=bool(budget_miss),
-            health=health,
+            health={**health, **(marks or {})},
             source_seqs=sources,
             seq=self.seq,
             capture_ns=source.capture_ns,
@@ -349,77 +458,3 @@ def input_trace(source: Message) -> dict[str, int]:
     if "published" in trace:
         trace["input_published"] = trace.pop("published")
     return trace
-
-
-#: In data time a frame waits for its radar match until the data settles it: the sync deadline
-#: is a wall-clock guard of the live node, and data time has no wall clock.
-DATA_TIME_DEADLINE_MS = 1e9
-
-
-@dataclass
-class AssembledFrame:
-    """A frame as `replay_frames` yields it: what the model would be given, and when."""
-
-    inputs: FrameInputs
-    mode: str
-    sources: dict[str, int]
-    capture_ns: int
-
-
-class _Capture:
-    """A `DetectorLike` that keeps each frame's assembled inputs instead of running a model."""
-
-    def __init__(self, input_size: tuple[int, int]) -> None:
-        self.cfg = _InputSize(*input_size)
-        self.frames: list[tuple[FrameInputs, str]] = []
-
-    def preprocess(self, image_bgr: np.ndarray, radar_points: np.ndarray, camera: CameraModel):
-        return FrameInputs(image_bgr, radar_points, camera)
-
-    def infer(self, prepared: FrameInputs, mode: str = "fused") -> None:
-        self.frames.append((prepared, mode))
-
-    def decode(self, prepared: FrameInputs, raw: None) -> tuple[np.ndarray, dict[str, float]]:
-        return empty_detections(), {}
-
-
-@dataclass
-class _InputSize:
-    input_w: int
-    input_h: int
-
-
-def replay_frames(
-    messages: Iterable[tuple[str, Message]],
-    input_size: tuple[int, int],
-    config: PipelineConfig | None = None,
-) -> Iterator[AssembledFrame]:
-    """Recorded ``(topic, message)`` pairs, in log order, through `FusionPipeline` in data time
-    (the clock is the newest capture time seen; nothing is stale; the pipeline steps once all
-    messages of one time are in, so their order does not matter; a frame waits until the data
-    settles its radar match, as in lock-step replay): one `AssembledFrame` per camera frame the
-    node would run the model on. `input_size` (width, height) is the model's, which decides how
-    far a JPEG may be decoded at reduced size, as in the node."""
-    cfg = dataclasses.replace(
-        config or PipelineConfig(),
-        drop_stale=False,
-        sync_deadline_ms=DATA_TIME_DEADLINE_MS,
-    )
-    capture = _Capture(input_size)
-    now_ns = 0
-    pipeline = FusionPipeline(capture, cfg, clock_ns=lambda: now_ns)
-
-    def drain(outputs: list[Detections]) -> Iterator[AssembledFrame]:
-        for out in outputs:
-            if out.valid:
-                inputs, mode = capture.frames.pop(0)
-                yield AssembledFrame(inputs, mode, out.source_seqs, out.capture_ns)
-
-    for topic, msg in messages:
-        if msg.capture_ns > now_ns:  # step once every message of a log time is in, so their
-            yield from drain(pipeline.step(now_ns))  # order within that time cannot matter
-            now_ns = int(msg.capture_ns)
-        pipeline.add(topic, msg, now_ns)
-    yield from drain(pipeline.step(now_ns))
-    now_ns += 10 * RADAR_TIMEOUT_NS  # the end of the log: nothing more can settle a frame
-    yield from drain(pipeline.step(now_ns))

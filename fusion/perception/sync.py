@@ -5,8 +5,9 @@ This module owns two things the fusion node does before preprocessing:
 - `ApproximateTimeSync` pairs each camera frame with the radar scan(s) nearest in capture time,
   as ROS 2 ``message_filters`` ApproximateTime does (a slop, bounded buffers), plus what that
   lacks: counters (`SyncStats`) and an ``on_drop`` callback for every input dropped or matched
-  with nothing, and a per-frame deadline so a silent radar never stalls the camera path (the
-  frame goes out camera-only, marked so).
+  with nothing, and either a per-frame wall-clock deadline, so a silent radar never stalls the
+  camera path (the frame goes out camera-only, marked so), or no deadline at all, so pairing
+  depends on the data alone (lock-step replay, training).
 - `motion_compensate` moves radar points from their capture time to the camera's, for ego motion
   (constant speed and yaw rate) and for each point's own radial velocity.
 
@@ -15,6 +16,19 @@ scan may serve several consecutive camera frames (a 20 Hz camera over a 13 Hz ra
 are integer nanoseconds; ``capture_ns`` values of both streams must be on one clock, and the
 ``now_ns`` given to the methods on one (usually `time.monotonic_ns()`, which need not be the
 capture clock).
+
+Offline use (training, evaluation) pairs frames exactly as a lock-step replay does: build the
+synchroniser with ``deadline_ns=None``, feed a recording's messages in log order, collect
+`pop_ready` after each, and `flush` at the end::
+
+    sync = ApproximateTimeSync(slop_ns=int(DEFAULT_SLOP_MS * 1e6), deadline_ns=None)
+    for topic, msg in messages:          # log order
+        if topic == "camera":
+            sync.add_camera(msg)
+        elif topic == "radar":
+            sync.add_radar(msg)
+        pairs += sync.pop_ready()
+    pairs += sync.flush()
 """
 
 from __future__ import annotations
@@ -35,6 +49,10 @@ from fusion.wire.messages import RADAR_POINT_DTYPE, CameraFrame, Message, RadarS
 DropCallback = Callable[[str, Message, str], None]
 
 MATCH_MODES = ("nearest", "all")
+#: The pairing slop the fusion node uses by default (ms): a little over one 13 Hz radar period,
+#: so every frame has a scan to fuse (motion compensation covers the offset). The lock-step
+#: player's window defaults to it.
+DEFAULT_SLOP_MS = 80.0
 VELOCITY_MODELS = ("radial", "along_x")
 #: ``along_x``: rays closer than this to broadside (|cos| of the angle to x) fall back to radial.
 ALONG_X_MIN_COS = 0.1
@@ -45,8 +63,9 @@ MAX_OBJECT_SPEED_MPS = 50.0
 class SyncedFrame:
     """A camera frame with the radar scans matched to it (empty when ``camera_only``).
 
-    ``deadline_passed`` is True when the frame was released by its deadline rather than because
-    its matching was settled: with radar, a closer scan might still have been on its way.
+    ``deadline_passed`` is True when the frame was released before its matching was settled
+    (its deadline, a full buffer without a deadline, or `ApproximateTimeSync.flush`): with
+    radar, a closer scan might still have been on its way.
     """
 
     camera: CameraFrame
@@ -62,7 +81,9 @@ class SyncStats:
     ``matched`` / ``camera_only``: camera frames released with / without radar;
     ``radar_unmatched``: scans that left the buffer having served no frame; ``late``: inputs that
     arrived too late to be matched with anything (dropped); ``dropped``: inputs pushed out of a
-    full buffer (a scan that already served a frame leaves without being counted).
+    full buffer (a scan that already served a frame leaves without being counted); ``unsettled``:
+    frames released before their matching was settled (without a deadline: a full camera
+    buffer, which releases its oldest frame instead of dropping it; and `flush`).
     """
 
     matched: int = 0
@@ -70,12 +91,14 @@ class SyncStats:
     radar_unmatched: int = 0
     late: int = 0
     dropped: int = 0
+    unsettled: int = 0
 
 
 @dataclass
 class _PendingCamera:
     frame: CameraFrame
     arrived_ns: int
+    forced: bool = False  # release at the next pop_ready, settled or not
 
 
 @dataclass
@@ -89,26 +112,35 @@ class _BufferedScan:
 
 
 class ApproximateTimeSync:
-    """Pair camera frames with radar scans by capture time, with a slop and a deadline.
+    """Pair camera frames with radar scans by capture time, with a slop and a deadline or none.
 
     A radar scan matches a camera frame when their capture times differ by at most `slop_ns`.
-    With ``match="nearest"`` a frame gets the one nearest matching scan; with ``"all"``, every
-    matching scan (for accumulating sweeps). A frame is released by `pop_ready` as soon as its
-    matching is settled: no scan still to come can match it better, judged from the newest scan
-    seen and a lower bound on the radar period (`radar_min_period_ns`, by default 0.8 x the
-    scans' ``scan_period_ns``; 0 when unknown, which means waiting for a scan past the frame). A
-    frame whose matching is not settled `deadline_ns` after it arrived is released anyway, with
-    whatever matched so far or camera-only.
+    With ``match="nearest"`` a frame gets the one nearest matching scan (of two equally near,
+    the earlier); with ``"all"``, every matching scan (for accumulating sweeps). A frame is
+    released by `pop_ready` as soon as its matching is settled: no scan still to come can match
+    it better, judged from the newest scan seen, a lower bound on the radar period
+    (`radar_min_period_ns`) and what `complete_until` promised.
+
+    With a deadline (`deadline_ns`, wall-clock time after the frame arrived) a frame whose
+    matching is not settled by then is released anyway, with whatever matched so far or
+    camera-only; `radar_min_period_ns` then defaults to 0.8 x the scans' ``scan_period_ns`` (0
+    when unknown, which means waiting for a scan past the frame). With ``deadline_ns=None`` no
+    clock is involved: a frame is released when the data settle it, when `complete_until` says
+    no scan that could match it better is still to come, when the camera buffer is full (the
+    oldest frame goes, unsettled) or at `flush`; `radar_min_period_ns` defaults to 0, so a
+    settled match is exactly the nearest scan of the whole stream, and the same messages in
+    the same order give the same pairs however fast they are fed.
 
     Radar scans of one sensor are assumed to arrive in capture order (one radar stream; give
     each radar its own synchroniser). Buffers hold at most `max_camera` frames and `max_radar`
-    scans; when full, the oldest entry is dropped and counted.
+    scans; when full, the oldest entry is dropped and counted (a camera frame without a
+    deadline is released instead).
     """
 
     def __init__(
         self,
         slop_ns: int = 50_000_000,
-        deadline_ns: int = 25_000_000,
+        deadline_ns: int | None = 25_000_000,
         *,
         match: str = "nearest",
         max_camera: int = 8,
@@ -116,14 +148,14 @@ class ApproximateTimeSync:
         radar_min_period_ns: int | None = None,
         on_drop: DropCallback | None = None,
     ) -> None:
-        if slop_ns < 0 or deadline_ns < 0:
+        if slop_ns < 0 or (deadline_ns is not None and deadline_ns < 0):
             raise ConfigError(f"slop_ns ({slop_ns}) and deadline_ns ({deadline_ns}) must be >= 0")
         if match not in MATCH_MODES:
             raise ConfigError(f"match must be one of {MATCH_MODES}, got {match!r}")
         if max_camera < 1 or max_radar < 1:
             raise ConfigError(f"max_camera ({max_camera}) and max_radar ({max_radar}) must be >= 1")
         self.slop_ns = int(slop_ns)
-        self.deadline_ns = int(deadline_ns)
+        self.deadline_ns = None if deadline_ns is None else int(deadline_ns)
         self.match = match
         self.max_camera = int(max_camera)
         self.max_radar = int(max_radar)
@@ -135,21 +167,26 @@ class ApproximateTimeSync:
         self._newest_radar_ns: int | None = None
         self._radar_period_ns = 0
         self._released_camera_ns: int | None = None
+        self._complete_ns: int | None = None
 
-    def add_camera(self, frame: CameraFrame, now_ns: int) -> None:
-        """Buffer a camera frame that arrived at `now_ns`."""
+    def add_camera(self, frame: CameraFrame, now_ns: int | None = None) -> None:
+        """Buffer a camera frame that arrived at `now_ns` (needed only with a deadline)."""
         newest = self._cameras[-1].frame.capture_ns if self._cameras else self._released_camera_ns
         if newest is not None and frame.capture_ns <= newest:
             self.stats.late += 1
             self._drop("camera", frame, "late")
             return
-        if len(self._cameras) >= self.max_camera:
+        if self.deadline_ns is None:
+            waiting = [p for p in self._cameras if not p.forced]
+            if len(waiting) >= self.max_camera:
+                waiting[0].forced = True  # released unsettled by the next pop_ready
+        elif len(self._cameras) >= self.max_camera:
             self.stats.dropped += 1
             self._drop("camera", self._cameras.pop(0).frame, "overflow")
-        self._cameras.append(_PendingCamera(frame, int(now_ns)))
+        self._cameras.append(_PendingCamera(frame, self._now(now_ns)))
 
-    def add_radar(self, scan: RadarScan, now_ns: int) -> None:
-        """Buffer a radar scan that arrived at `now_ns`."""
+    def add_radar(self, scan: RadarScan, now_ns: int | None = None) -> None:
+        """Buffer a radar scan that arrived at `now_ns` (needed only with a deadline)."""
         if (
             self._released_camera_ns is not None
             and scan.capture_ns < self._released_camera_ns - self.slop_ns
@@ -169,17 +206,29 @@ class ApproximateTimeSync:
         if scan.scan_period_ns > 0:
             self._radar_period_ns = scan.scan_period_ns
 
-    def pop_ready(self, now_ns: int) -> list[SyncedFrame]:
+    def complete_until(self, until_ns: int) -> None:
+        """Promise that every radar scan with ``capture_ns <= until_ns`` has been added (a
+        lock-step replay knows what it has sent); frames this settles go out at the next
+        `pop_ready`. A scan that breaks the promise is still used where it can be."""
+        if self._complete_ns is None or until_ns > self._complete_ns:
+            self._complete_ns = int(until_ns)
+
+    def pop_ready(self, now_ns: int | None = None) -> list[SyncedFrame]:
         """Release, in capture order, every camera frame whose matching is settled or whose
-        deadline has passed; stamps ``synced`` in each frame's trace."""
+        deadline has passed; stamps ``synced`` in each frame's trace (when `now_ns` is given;
+        it is needed with a deadline)."""
+        if self.deadline_ns is not None and now_ns is None:
+            raise ConfigError("a synchroniser with a deadline needs now_ns in pop_ready")
         ready: list[SyncedFrame] = []
         while self._cameras:
             pending = self._cameras[0]
             capture_ns = pending.frame.capture_ns
             candidates = self._candidates(capture_ns)
             settled = self._settled(capture_ns, candidates)
-            deadline_passed = now_ns - pending.arrived_ns >= self.deadline_ns
-            if not settled and not deadline_passed:
+            forced = pending.forced or (
+                self.deadline_ns is not None and now_ns - pending.arrived_ns >= self.deadline_ns
+            )
+            if not settled and not forced:
                 break
             self._cameras.pop(0)
             for entry in candidates:
@@ -195,17 +244,20 @@ class ApproximateTimeSync:
             else:
                 self.stats.camera_only += 1
                 self._drop("camera", pending.frame, "camera_only")
-            pending.frame.stamp("synced", now_ns)
+            if not settled and self.deadline_ns is None:
+                self.stats.unsettled += 1
+            if now_ns is not None:
+                pending.frame.stamp("synced", now_ns)
             self._released_camera_ns = capture_ns
             ready.append(synced)
         self._evict()
         return ready
 
-    def flush(self, now_ns: int) -> list[SyncedFrame]:
-        """Release every buffered camera frame now (end of a stream), as `pop_ready` would at
-        their deadlines."""
+    def flush(self, now_ns: int | None = None) -> list[SyncedFrame]:
+        """Release every buffered camera frame now (end of a stream) with what matched so far,
+        as `pop_ready` would at their deadlines."""
         for pending in self._cameras:
-            pending.arrived_ns = now_ns - self.deadline_ns
+            pending.forced = True
         return self.pop_ready(now_ns)
 
     @property
@@ -219,16 +271,30 @@ class ApproximateTimeSync:
             return within
         return [min(within, key=lambda s: (abs(s.capture_ns - capture_ns), s.capture_ns))]
 
+    def _now(self, now_ns: int | None) -> int:
+        if now_ns is None:
+            if self.deadline_ns is not None:
+                raise ConfigError("a synchroniser with a deadline needs the arrival time now_ns")
+            return 0
+        return int(now_ns)
+
     def _min_period_ns(self) -> int:
         if self.radar_min_period_ns is not None:
             return int(self.radar_min_period_ns)
+        if self.deadline_ns is None:
+            return 0  # no guessing from the nominal period: exact pairs whatever the jitter
         return int(0.8 * self._radar_period_ns)
 
     def _settled(self, capture_ns: int, candidates: list[_BufferedScan]) -> bool:
-        if self._newest_radar_ns is None:
-            return False
         # The earliest capture time a scan still to come can have.
-        next_ns = self._newest_radar_ns + max(self._min_period_ns(), 1)
+        bounds = []
+        if self._newest_radar_ns is not None:
+            bounds.append(self._newest_radar_ns + max(self._min_period_ns(), 1))
+        if self._complete_ns is not None:
+            bounds.append(self._complete_ns + 1)
+        if not bounds:
+            return False
+        next_ns = max(bounds)
         if next_ns > capture_ns + self.slop_ns:
             return True
         if self.match == "nearest" and candidates:

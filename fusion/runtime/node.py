@@ -116,6 +116,7 @@ class Inputs:
     `poll` waits up to `timeout_ms` for any input, then returns what each delivered: the newest
     message of a latest-only input, every queued message of a queued one (up to `max_batch`).
     `validators` may check a message's content (return a problem string, or None when fine).
+    `quiet` inputs are not sensors (a replay's control): their silence is no problem.
     """
 
     def __init__(
@@ -124,9 +125,11 @@ class Inputs:
         *,
         validators: Mapping[str, Validator] | None = None,
         max_batch: int = 64,
+        quiet: tuple[str, ...] = (),
     ) -> None:
         self.subscribers = dict(subscribers)
         self.validators = dict(validators or {})
+        self.quiet = set(quiet)
         self.max_batch = max_batch
         self.monitors = {
             name: InputMonitor(name, services.service(sub.topic).rate_hz)
@@ -172,6 +175,8 @@ class Inputs:
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
         found = []
         for name, monitor in self.monitors.items():
+            if name in self.quiet:
+                continue
             h = monitor.health(now_ns)
             if not h.ok:
                 found.append(f"{name} {h.problem}")

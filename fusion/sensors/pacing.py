@@ -5,6 +5,13 @@ recording's capture stamps, simulation time). `Pacer` releases them at their ori
 (times a rate) and `paced` restamps ``capture_ns`` onto this host's monotonic clock, keeping the
 source's stamp in ``trace["recorded_capture_ns"]``, so the rest of the graph measures latency the
 same way for live and replayed data. Live devices are stamped at capture and need no pacing.
+
+The stamp is the moment the message was *due*, not the moment it was released: at rate 1 every
+source interval is kept exactly (only shifted), whatever the release jitter, and two producers
+of one drive anchored at the same epoch keep the drive's offsets between sensors. A producer
+emulates a live sensor, so at another rate its stamps follow the pace (and as fast as possible
+they are the release times); to replay with the recorded spacing at another pace, use `fusion
+play --rate`, which tells the consumers the pace.
 """
 
 from __future__ import annotations
@@ -36,9 +43,17 @@ class Pacer:
         self._last_source_ns = 0
         self._last_gap_ns = 0
 
+    def start_offset_ns(self) -> int:
+        """How far into its source an epoch-anchored producer (re)starting now should begin:
+        what is already past would only be skipped, and a simulated camera that renders every
+        skipped frame falls further behind than it catches up on a busy machine."""
+        if self.epoch_ns is None or self._t0_ns is not None or self.rate <= 0:
+            return 0
+        return max(0, int((time.monotonic_ns() - self.epoch_ns) * self.rate))
+
     def wait(self, source_ns: int) -> int | None:
-        """Sleep until `source_ns` is due; return the monotonic time it was released at, or
-        None for a message that was already past due at an epoch-anchored (re)start."""
+        """Sleep until `source_ns` is due; return the monotonic time it was due at (released at
+        when untimed), or None for a message already past due at an epoch-anchored (re)start."""
         now = time.monotonic_ns()
         if self._t0_ns is None:
             if self.epoch_ns is None:
@@ -58,8 +73,7 @@ class Pacer:
             return None
         if due > now:
             time.sleep((due - now) / 1e9)
-            now = time.monotonic_ns()
-        return now
+        return due
 
 
 def epoch_from_env() -> int | None:
@@ -69,8 +83,8 @@ def epoch_from_env() -> int | None:
 
 
 def paced(stream: Iterable[tuple[str, Message]], pacer: Pacer) -> Iterator[tuple[str, Message]]:
-    """`stream` released by `pacer` and restamped at its release; what `pacer` finds already
-    past due (an epoch-anchored producer that started late) is left out."""
+    """`stream` released by `pacer` and restamped with the time it was due; what `pacer` finds
+    already past due (an epoch-anchored producer that started late) is left out."""
     for topic, msg in stream:
         released_ns = pacer.wait(msg.capture_ns)
         if released_ns is not None:

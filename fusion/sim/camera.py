@@ -7,17 +7,20 @@ visible faces of every box (vehicles, people, buildings, trees, poles, rails) so
 shaded by a sun (day) or by the ego's headlights (night), faded into haze with distance; then
 the ego's bonnet, a global light level that drifts, horizontal motion blur from yaw rate and
 speed over the exposure, and sensor noise. An id buffer at half resolution, drawn in the same
-order, gives each object's occluded fraction.
+order, gives each object's occluded fraction. Geometry and shading go through
+`fusion.sim._exact`, so a frame is the same pixels on every CPU.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import cv2
 import numpy as np
 
-from fusion.perception.geometry import CameraModel, make_transform, rotation_z
+from fusion.perception.geometry import CameraModel, make_transform
+from fusion.sim import _exact as ex
 from fusion.sim.scenarios import ScenarioConfig
 from fusion.sim.world import (
     HEAD_LIGHT,
@@ -71,13 +74,13 @@ _NIGHT_EMISSIVE = {
 def camera_calibrations(width_px: int, height_px: int) -> tuple[Calibration, Calibration]:
     """The (camera, radar) calibrations of the simulated rig, ``clock="sim"``, capture_ns 0."""
     base = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # OpenCV -> radar axes
-    cp, sp = np.cos(CAMERA_PITCH_RAD), np.sin(CAMERA_PITCH_RAD)
+    cp, sp = math.cos(CAMERA_PITCH_RAD), math.sin(CAMERA_PITCH_RAD)
     pitch = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
-    cr, sr = np.cos(CAMERA_ROLL_RAD), np.sin(CAMERA_ROLL_RAD)
+    cr, sr = math.cos(CAMERA_ROLL_RAD), math.sin(CAMERA_ROLL_RAD)
     roll = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
-    rotation = rotation_z(CAMERA_YAW_RAD) @ pitch @ roll @ base
+    rotation = ex.matmul(ex.matmul(ex.matmul(ex.rotation_z(CAMERA_YAW_RAD), pitch), roll), base)
     cam_to_ref = make_transform(rotation, np.array(CAMERA_POSITION_M))
-    focal = width_px / 2 / np.tan(np.radians(HORIZONTAL_FOV_DEG) / 2)
+    focal = width_px / 2 / math.tan(math.radians(HORIZONTAL_FOV_DEG) / 2)
     K = np.array(
         [
             [focal, 0.0, width_px / 2 + 0.0025 * width_px],
@@ -106,7 +109,7 @@ def camera_calibrations(width_px: int, height_px: int) -> tuple[Calibration, Cal
 
 def world_to_ref(ego: EgoState, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """World ground-plane points -> radar frame x, y (the radar frame is the ego's)."""
-    c, s = np.cos(ego.yaw), np.sin(ego.yaw)
+    c, s = math.cos(ego.yaw), math.sin(ego.yaw)
     dx, dy = x - ego.x, y - ego.y
     return c * dx + s * dy, -s * dx + c * dy
 
@@ -138,13 +141,19 @@ class Renderer:
         self.rng = rng
         c: ScenarioConfig = world.config
         self.width, self.height = camera.width_px, camera.height_px
-        self.ref_to_cam = camera.ref_to_cam
-        self.K = camera.K
+        # ref -> camera: the transpose of the rotation, and minus it applied to the position.
+        self.cam_rotation = camera.cam_to_ref[:3, :3].T.copy()
         self.cam_pos_ref = camera.cam_to_ref[:3, 3]
+        self.cam_offset = -ex.apply(self.cam_rotation, self.cam_pos_ref)
+        self.K = camera.K
         self.haze_bgr = np.array(c.sky_horizon_bgr, dtype=np.float64)
         sun_az, sun_el = rng.uniform(-np.pi, np.pi), rng.uniform(0.5, 1.0)
         self.sun_world = np.array(
-            [np.cos(sun_el) * np.cos(sun_az), np.cos(sun_el) * np.sin(sun_az), np.sin(sun_el)]
+            [
+                math.cos(sun_el) * math.cos(sun_az),
+                math.cos(sun_el) * math.sin(sun_az),
+                math.sin(sun_el),
+            ]
         )
         self.asphalt = np.array([95.0, 95.0, 100.0]) + rng.normal(0, 8.0)
         self.light_phase = rng.uniform(0, 2 * np.pi, 2)
@@ -169,10 +178,10 @@ class Renderer:
     def _background(self) -> np.ndarray:
         c = self.config
         far = np.array([[5000.0, 0.0, -RADAR_HEIGHT_M]])
-        uv, _ = self.camera.project(far)
+        uv = self._project(self._to_cam(far))
         horizon = float(np.clip(uv[0, 1], 1, self.height - 1))
         rows = np.arange(self.height, dtype=np.float64)[:, None]
-        t = np.clip(rows / horizon, 0.0, 1.0) ** 0.7
+        t = ex.power(np.clip(rows / horizon, 0.0, 1.0), 0.7)
         sky = (1 - t) * np.array(c.sky_top_bgr) + t * np.array(c.sky_horizon_bgr)
         img = np.ascontiguousarray(
             np.broadcast_to(sky[:, None, :], (self.height, self.width, 3)).astype(np.uint8)
@@ -204,38 +213,41 @@ class Renderer:
     def _light(self, colour, x_ref, y_ref, normal_ref, sun_ref=None) -> np.ndarray:
         """Colours (N, 3) of surfaces at ref points (x, y) with normals (N, 3)."""
         c = self.config
-        dist = np.hypot(x_ref, y_ref)
+        dist = ex.hypot(x_ref, y_ref)
         if c.night:
-            bearing = np.arctan2(y_ref, np.maximum(x_ref, 1e-3))
-            beam = np.where(x_ref > 0, np.exp(-((bearing / 0.45) ** 2)), 0.0)
+            bearing = ex.arctan2(y_ref, np.maximum(x_ref, 1e-3))
+            beam = np.where(x_ref > 0, ex.exp(-((bearing / 0.45) ** 2)), 0.0)
             to_ego = (
                 -np.stack([x_ref, y_ref, np.zeros_like(x_ref)], axis=1)
                 / np.maximum(dist, 1e-3)[:, None]
             )
-            facing = np.clip(np.sum(normal_ref * to_ego, axis=1), 0.0, 1.0)
+            facing = np.clip(ex.dot_last(normal_ref, to_ego), 0.0, 1.0)
             facing = np.maximum(facing, 0.35 * normal_ref[:, 2])  # the lit ground and roofs
             intensity = c.ambient + 2.2 * beam * facing / (1 + (dist / 20.0) ** 2)
         else:
             sun = self.sun_world if sun_ref is None else sun_ref
             intensity = (
                 c.ambient
-                + c.sun_strength * np.clip(normal_ref @ sun, 0.0, 1.0)
+                + c.sun_strength * np.clip(ex.dot_last(normal_ref, sun), 0.0, 1.0)
                 + 0.12 * normal_ref[:, 2]
             )
         lit = np.asarray(colour, dtype=np.float64) * intensity[:, None]
-        fog = np.exp(-dist / c.haze_m)[:, None]
+        fog = ex.exp(-dist / c.haze_m)[:, None]
         return np.clip(lit * fog + self.haze_bgr * (1 - fog), 0, 255)
 
     # --- drawing ----------------------------------------------------------------------
 
+    def _to_cam(self, pts_ref: np.ndarray) -> np.ndarray:
+        return ex.apply(self.cam_rotation, pts_ref, self.cam_offset)
+
     def _project(self, pts_cam: np.ndarray) -> np.ndarray:
-        uvw = pts_cam @ self.K.T
+        uvw = ex.apply(self.K, pts_cam)
         uv = uvw[..., :2] / uvw[..., 2:3]
         return np.clip(uv, -1e5, 1e5)
 
     def _fill(self, img, ids, quad_ref: np.ndarray, colour, object_id: int) -> None:
         """Fill one reference-frame polygon (clipped at the near plane)."""
-        cam = quad_ref @ self.ref_to_cam[:3, :3].T + self.ref_to_cam[:3, 3]
+        cam = self._to_cam(quad_ref)
         if np.any(cam[:, 2] < NEAR_M):
             cam = _clip_near(cam)
         if len(cam) < 3:
@@ -254,7 +266,7 @@ class Renderer:
 
     def _quads(self, img, quads_ref: np.ndarray, colours: np.ndarray) -> None:
         """Fill many ground quads (N, 4, 3) with colours (N, 3); vectorised projection."""
-        cam = quads_ref @ self.ref_to_cam[:3, :3].T + self.ref_to_cam[:3, 3]
+        cam = self._to_cam(quads_ref)
         depth = cam[..., 2]
         front = np.all(depth >= NEAR_M, axis=1)
         uv = self._project(np.where(front[:, None, None], cam, 1.0))
@@ -334,12 +346,13 @@ class Renderer:
                 self._quads(img, quads, cols)
 
     def _draw_shadows(self, img, ego: EgoState, xr, yr, yaw_rel, sizes) -> None:
-        sun_ref = rotation_z(-ego.yaw) @ self.sun_world
+        sun_ref = ex.apply(ex.rotation_z(-ego.yaw), self.sun_world)
         shift = -sun_ref[:2] / max(sun_ref[2], 0.3) * 0.4
         quads = []
         for x, y, yaw, (length, width, _) in zip(xr, yr, yaw_rel, sizes, strict=True):
             corners = _UNIT_CORNERS[:4, :2] * [length + 0.3, width + 0.3]
-            corners = corners @ rotation_z(yaw)[:2, :2].T + [x, y] + shift
+            turned = ex.apply(ex.rotation_z(float(yaw))[:2, :2], corners)
+            corners = turned + np.array([x, y]) + shift
             quads.append(np.column_stack([corners, np.full(4, -RADAR_HEIGHT_M + 0.01)]))
         if quads:
             quads = np.array(quads)
@@ -350,7 +363,7 @@ class Renderer:
         """Flatten objects' parts to arrays: centres, yaw, size, colour, kind, object id."""
         rows = []
         for ox, oy, oyaw, parts, oid in zip(x, y, yaw, parts_lists, ids, strict=True):
-            c, s = np.cos(oyaw), np.sin(oyaw)
+            c, s = math.cos(oyaw), math.sin(oyaw)
             for p in parts:
                 px = ox + c * p.offset[0] - s * p.offset[1]
                 py = oy + s * p.offset[0] + c * p.offset[1]
@@ -376,12 +389,12 @@ class Renderer:
         ayaw = state.yaw[actor_idx] - ego.yaw
         asizes = self.world.actors.size[actor_idx]
         if not c.night:
-            ahead = (ax > -5) & (np.hypot(ax, ay) < 80)
+            ahead = (ax > -5) & (ex.hypot(ax, ay) < 80)
             self._draw_shadows(img, ego, ax[ahead], ay[ahead], ayaw[ahead], asizes[ahead])
 
         scenery = self.world.scenery
         sx, sy = world_to_ref(ego, scenery.x, scenery.y)
-        near_scenery = np.flatnonzero((sx > -25) & (np.hypot(sx, sy) < c.draw_distance_m + 30))
+        near_scenery = np.flatnonzero((sx > -25) & (ex.hypot(sx, sy) < c.draw_distance_m + 30))
         parts = self._parts(
             np.concatenate([ax, sx[near_scenery]]),
             np.concatenate([ay, sy[near_scenery]]),
@@ -408,32 +421,32 @@ class Renderer:
         centre = parts[:, 0:3]
         yaw, size, colour = parts[:, 3], parts[:, 4:7], parts[:, 7:10]
         kind, owner = parts[:, 10].astype(int), parts[:, 11].astype(int)
-        cos, sin = np.cos(yaw), np.sin(yaw)
+        cos, sin = ex.cos(yaw), ex.sin(yaw)
         rot = np.zeros((len(parts), 3, 3))
         rot[:, 0, 0], rot[:, 0, 1] = cos, -sin
         rot[:, 1, 0], rot[:, 1, 1] = sin, cos
         rot[:, 2, 2] = 1.0
         local = _UNIT_CORNERS[None] * size[:, None, :]
-        corners = np.einsum("pij,pkj->pki", rot, local) + centre[:, None, :]
-        cam = corners @ self.ref_to_cam[:3, :3].T + self.ref_to_cam[:3, 3]
+        corners = ex.apply(rot[:, None], local) + centre[:, None, :]
+        cam = self._to_cam(corners)
         depth = cam[..., 2]
         seen = np.any(depth >= NEAR_M, axis=1)
         uv_all = self._project(np.where(depth[..., None] >= NEAR_M, cam, 1.0))
-        normals = np.einsum("pij,fj->pfi", rot, _FACE_NORMALS)  # (P, 5, 3)
+        normals = ex.apply(rot[:, None], _FACE_NORMALS[None])  # (P, 5, 3)
         face_centres = corners[:, _FACES].mean(axis=2)  # (P, 5, 3)
-        facing = np.einsum("pfi,pfi->pf", normals, self.cam_pos_ref - face_centres) > 0
+        facing = ex.dot_last(normals, self.cam_pos_ref - face_centres) > 0
         n_p = len(parts)
         shade = self._light(
             np.repeat(colour, 5, axis=0),
             face_centres[..., 0].ravel(),
             face_centres[..., 1].ravel(),
             normals.reshape(-1, 3),
-            rotation_z(-ego.yaw) @ self.sun_world,
+            ex.apply(ex.rotation_z(-ego.yaw), self.sun_world),
         ).reshape(n_p, 5, 3)
         if c.night:
             for k, glow in _NIGHT_EMISSIVE.items():
                 shade[kind == k] = glow
-        order = np.argsort(-np.linalg.norm(centre - self.cam_pos_ref, axis=1), kind="stable")
+        order = np.argsort(-ex.norm_last(centre - self.cam_pos_ref), kind="stable")
         all_front = np.all(depth >= NEAR_M, axis=1)
         drawable = (seen & ~all_front) | (all_front & self._on_screen(uv_all))
         face_pts = np.ascontiguousarray(_fixed(uv_all)[:, _FACES])  # (P, 5, 4, 2)
@@ -490,19 +503,26 @@ class Renderer:
                 occlusion[i] = float(np.clip(1.0 - counts[i + 1] / full, 0.0, 1.0))
         return occlusion
 
+    def skip(self) -> None:
+        """Pass over a frame without drawing it: take the random draws it would have taken,
+        so the frames after it are the same as in a drive where it was drawn."""
+        self._noise_window()
+
+    def _noise_window(self) -> tuple[int, tuple[slice, slice]]:
+        k = int(self.rng.integers(2))
+        oy, ox = self.rng.integers(0, NOISE_MARGIN_PX, 2)
+        return k, (slice(oy, oy + self.height), slice(ox, ox + self.width))
+
     def _finish(self, img: np.ndarray, t: float, ego: EgoState) -> np.ndarray:
         c = self.config
-        gain = 1.0 + c.light_variation * float(
-            np.dot([0.7, 0.3], np.sin(2 * np.pi * t / self.light_period_s + self.light_phase))
-        )
+        phase = 2 * np.pi * t / self.light_period_s + self.light_phase
+        gain = 1.0 + c.light_variation * (0.7 * math.sin(phase[0]) + 0.3 * math.sin(phase[1]))
         if abs(gain - 1.0) > 1e-3:
             img = cv2.convertScaleAbs(img, alpha=gain)
         exposure_s = c.exposure_us * 1e-6
         blur_px = round(exposure_s * self.K[0, 0] * (abs(ego.yaw_rate) + ego.speed / 60.0))
         if blur_px >= 2:
             img = cv2.blur(img, (blur_px + 1, 1))
-        k = int(self.rng.integers(2))
-        oy, ox = self.rng.integers(0, NOISE_MARGIN_PX, 2)
-        window = (slice(oy, oy + self.height), slice(ox, ox + self.width))
+        k, window = self._noise_window()
         img = cv2.add(img, self.noise_add[k][window])
         return cv2.subtract(img, self.noise_sub[k][window])

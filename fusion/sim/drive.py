@@ -4,11 +4,15 @@ The camera runs at its nominal rate from t = 0; the radar runs on its own clock 
 and a little jitter per scan), so the two are never aligned. Ego motion and ground truth come
 with each camera frame, at its capture time; calibrations come first and then once per second.
 One `numpy.random.SeedSequence` per seed feeds independent generators for the world, the
-camera and the radar, so the same seed gives byte-identical messages whatever is consumed.
+camera and the radar, so the same seed gives byte-identical messages whatever is consumed, and
+on any x86-64 CPU: what is written is computed without numpy's CPU-specific vectorised
+transcendental functions and BLAS products (`fusion.sim._exact`), and the ego motion's floats,
+written at full precision, are also rounded to `EGO_DECIMALS` decimal places.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterator
 
 import cv2
@@ -16,6 +20,7 @@ import numpy as np
 
 from fusion.errors import ConfigError
 from fusion.perception.geometry import CameraModel
+from fusion.sim import _exact as ex
 from fusion.sim.camera import Renderer, camera_calibrations, world_to_ref
 from fusion.sim.radar import RadarModel
 from fusion.sim.scenarios import SCENARIOS
@@ -33,6 +38,10 @@ CLOCK = "sim"
 CALIBRATION_PERIOD_NS = 1_000_000_000
 #: Radar scan-time jitter, as a fraction of its period (standard deviation).
 RADAR_JITTER = 0.03
+#: Ego motion values are written rounded to this many decimal places (nm, nrad, nm/s ...), so
+#: the last bits of a C library's sin or atan2 (which may differ between its builds for CPUs
+#: with and without FMA) cannot reach the file.
+EGO_DECIMALS = 9
 
 # Order of messages that share a capture time.
 _CALIBRATION, _CAMERA, _RADAR = 0, 1, 2
@@ -67,6 +76,7 @@ def simulate(
     height_px: int = 720,
     jpeg_quality: int | None = 90,
     topics: Collection[str] | None = None,
+    start_s: float = 0.0,
 ) -> Iterator[tuple[str, Message]]:
     """Yield a drive's messages as ``(topic, message)`` in non-decreasing ``capture_ns``.
 
@@ -74,10 +84,15 @@ def simulate(
     ``camera``, ``ego_motion`` and ``ground_truth`` (one each per camera frame) and ``radar``.
     `topics` limits what is yielded; without ``camera`` and ``ground_truth`` no frame is
     rendered (a radar-only producer pays nothing for the camera), and every message yielded is
-    the same as in the full drive. Raises `ConfigError` at once for an unknown scenario or a
-    nonsensical parameter; the drive itself is generated lazily, one message at a time.
+    the same as in the full drive. `start_s` starts the drive that far in (a producer restarted
+    mid-drive): nothing before it is rendered, the calibrations last published before it come
+    first, and everything from it on is the same as in the full drive. Raises `ConfigError` at
+    once for an unknown scenario or a nonsensical parameter; the drive itself is generated
+    lazily, one message at a time.
     """
     _check(scenario, duration_s, camera_rate_hz, radar_rate_hz, width_px, height_px, jpeg_quality)
+    if start_s < 0:
+        raise ConfigError(f"start must not be negative, got {start_s} s")
     wanted = frozenset(topics) if topics is not None else frozenset(_TOPICS)
     unknown = wanted - _TOPICS
     if unknown:
@@ -92,6 +107,7 @@ def simulate(
         height_px,
         jpeg_quality,
         wanted,
+        round(start_s * 1e9),
     )
 
 
@@ -105,6 +121,7 @@ def _drive(
     height_px: int,
     jpeg_quality: int | None,
     wanted: frozenset[str],
+    start_ns: int,
 ) -> Iterator[tuple[str, Message]]:
     config = SCENARIOS[scenario]
     world_ss, camera_ss, radar_ss, clock_ss = np.random.SeedSequence(seed).spawn(4)
@@ -132,21 +149,36 @@ def _drive(
     events.sort()
 
     view_m = config.draw_distance_m + 10.0
+    last_calibration = None  # the stamp of the latest calibration before start_s
     for capture_ns, kind, k in events:
         t = capture_ns * 1e-9
         stamp = {"seq": k, "capture_ns": capture_ns, "clock": CLOCK}
+        past = capture_ns < start_ns
+        if not past and last_calibration is not None:
+            if "calibration" in wanted:  # a late starter needs the rig's calibration at once
+                for calib in (cam_calib, radar_calib):
+                    yield "calibration", calib.replace(**last_calibration)
+            last_calibration = None
         if kind == _CALIBRATION:
-            if "calibration" in wanted:
+            if past:
+                last_calibration = stamp
+            elif "calibration" in wanted:
                 for calib in (cam_calib, radar_calib):
                     yield "calibration", calib.replace(**stamp)
             continue
+        if past and kind == _CAMERA:
+            if wanted & {"camera", "ground_truth"}:
+                renderer.skip()  # its random draws, so the frames after it stay the same
+            continue
         ego = world.ego_at(t)
         state = world.actors_at(t)
-        dist = np.hypot(state.x - ego.x, state.y - ego.y)
+        dist = ex.hypot(state.x - ego.x, state.y - ego.y)
         if kind == _RADAR:
             if "radar" not in wanted:
                 continue
             points = radar.scan(t, ego, state, np.flatnonzero(dist < radar.max_range_m + 15.0))
+            if past:  # scanned all the same: its random draws keep the later scans the same
+                continue
             period_ns = round(radar_period_s * 1e9)
             yield (
                 "radar",
@@ -165,12 +197,12 @@ def _drive(
                 EgoMotion(
                     **stamp,
                     sensor_id="ego",
-                    x_m=ego.x,
-                    y_m=ego.y,
-                    yaw_rad=ego.yaw,
-                    speed_mps=ego.speed,
-                    yaw_rate_rps=ego.yaw_rate,
-                    accel_mps2=ego.accel,
+                    x_m=round(ego.x, EGO_DECIMALS),
+                    y_m=round(ego.y, EGO_DECIMALS),
+                    yaw_rad=round(ego.yaw, EGO_DECIMALS),
+                    speed_mps=round(ego.speed, EGO_DECIMALS),
+                    yaw_rate_rps=round(ego.yaw_rate, EGO_DECIMALS),
+                    accel_mps2=round(ego.accel, EGO_DECIMALS),
                 ),
             )
         if "ground_truth" in wanted:
@@ -202,7 +234,7 @@ def _boxes(world: World, ego, state, idx: np.ndarray, occlusion: np.ndarray) -> 
     boxes = np.zeros(len(idx), dtype=GT_BOX_DTYPE)
     x, y = world_to_ref(ego, state.x[idx], state.y[idx])
     size = world.actors.size[idx]
-    c, s = np.cos(ego.yaw), np.sin(ego.yaw)
+    c, s = math.cos(ego.yaw), math.sin(ego.yaw)
     vx, vy = state.vx[idx], state.vy[idx]
     boxes["class_id"] = world.actors.class_id[idx]
     boxes["track_id"] = idx

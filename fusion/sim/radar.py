@@ -10,14 +10,17 @@ moving away) plus noise; pedestrians and cyclists add micro-Doppler spread. RCS 
 per class. Static scenery (buildings, poles, trees, guard rails) reflects too, and the road edges
 (kerbs) and random false alarms add clutter. Points outside the field of view or maximum range are
 cut. All points are in the radar (reference) frame at the scan's capture time; ``dt_s`` = 0.
+Geometry goes through `fusion.sim._exact`, so a scan is the same bits on every CPU.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from fusion.sim import _exact as ex
 from fusion.sim.world import CYCLIST, PEDESTRIAN, RADAR_HEIGHT_M, TRUCK, EgoState, State, World
 from fusion.wire.messages import RADAR_POINT_DTYPE
 
@@ -60,11 +63,11 @@ class RadarModel:
         p, rng, world = self.params, self.rng, self.world
         actors = world.actors
         ego_v = np.array([ego.vx, ego.vy])
-        c, s = np.cos(ego.yaw), np.sin(ego.yaw)
+        c, s = math.cos(ego.yaw), math.sin(ego.yaw)
         to_ref = np.array([[c, s], [-s, c]])
 
         def rel(x, y):
-            d = np.stack([x - ego.x, y - ego.y], axis=-1) @ to_ref.T
+            d = ex.apply(to_ref, np.stack([x - ego.x, y - ego.y], axis=-1))
             return d[..., 0], d[..., 1]
 
         # Objects: actors then scenery, as (centre, yaw, size, velocity, class, rcs).
@@ -72,7 +75,7 @@ class RadarModel:
         avel = np.stack([state.vx[actor_idx], state.vy[actor_idx]], axis=1) - ego_v
         sc = world.scenery
         sx, sy = rel(sc.x, sc.y)
-        keep = np.flatnonzero(np.hypot(sx, sy) < self.max_range_m + 20)
+        keep = np.flatnonzero(ex.hypot(sx, sy) < self.max_range_m + 20)
         boxes_x = np.concatenate([ax, sx[keep]])
         boxes_y = np.concatenate([ay, sy[keep]])
         yaw = np.concatenate([state.yaw[actor_idx], sc.yaw[keep]]) - ego.yaw
@@ -81,7 +84,7 @@ class RadarModel:
             part = max(sc.parts[i], key=lambda q: q.size[0] * q.size[1] * q.size[2])
             sizes.append(np.array(part.size))
         sizes = np.array(sizes, dtype=np.float64).reshape(-1, 3)
-        rel_v = np.concatenate([avel, np.repeat(-ego_v[None], len(keep), 0)]) @ to_ref.T
+        rel_v = ex.apply(to_ref, np.concatenate([avel, np.repeat(-ego_v[None], len(keep), 0)]))
         cls = np.concatenate([actors.class_id[actor_idx], np.full(len(keep), -1)])
         rcs_mean = np.concatenate(
             [np.array(p.rcs_dbsm)[actors.class_id[actor_idx]], sc.radar_rcs_dbsm[keep]]
@@ -89,15 +92,15 @@ class RadarModel:
         n_obj = len(boxes_x)
 
         # Footprint corners in the ref frame, for shadowing and visible faces.
-        cos, sin = np.cos(yaw), np.sin(yaw)
+        cos, sin = ex.cos(yaw), ex.sin(yaw)
         hl, hw = sizes[:, 0] / 2, sizes[:, 1] / 2
         sign = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], dtype=np.float64)
         lx, ly = sign[None, :, 0] * hl[:, None], sign[None, :, 1] * hw[:, None]
         cx = boxes_x[:, None] + cos[:, None] * lx - sin[:, None] * ly
         cy = boxes_y[:, None] + sin[:, None] * lx + cos[:, None] * ly
-        corner_az = np.arctan2(cy, cx)
+        corner_az = ex.arctan2(cy, cx)
         az_lo, az_hi = corner_az.min(axis=1), corner_az.max(axis=1)
-        range_near = np.hypot(cx, cy).min(axis=1)
+        range_near = ex.hypot(cx, cy).min(axis=1)
         behind = cx.max(axis=1) < 0.5
         wrap = (az_hi - az_lo) > np.pi  # straddles the +-pi cut: behind the radar
         in_fov = ~behind & ~wrap & (range_near < self.max_range_m + 5)
@@ -114,8 +117,8 @@ class RadarModel:
             half = np.array([hl[i], hl[i], hw[i], hw[i]])
             across = np.array([hw[i], hw[i], hl[i], hl[i]])
             centres = np.array([boxes_x[i], boxes_y[i]]) + normals * half[:, None]
-            view = -centres / np.linalg.norm(centres, axis=1, keepdims=True)
-            facing = np.einsum("fi,fi->f", normals, view)
+            view = -centres / ex.norm_last(centres)[:, None]
+            facing = ex.dot_last(normals, view)
             widths = np.where(facing > 0, 2 * across * facing, 0.0)
             height = min(sizes[i, 2], 1.2 if cls[i] not in (PEDESTRIAN, CYCLIST) else 2.0)
             if cls[i] == TRUCK:
@@ -123,7 +126,7 @@ class RadarModel:
             area = widths.sum() * height
             if area <= 0:
                 continue
-            r = max(float(np.hypot(boxes_x[i], boxes_y[i])), 1.0)
+            r = max(math.hypot(boxes_x[i], boxes_y[i]), 1.0)
             if scenery:
                 mean = min(p.scenery_points_per_m2_at_20m * area * 20.0 / r, 4.0)
                 n = min(int(rng.poisson(mean)), p.scenery_max_points)
@@ -150,8 +153,8 @@ class RadarModel:
 
         # Shadowing: drop most points that lie behind a nearer object's azimuth span.
         if len(xyz) and n_obj:
-            az = np.arctan2(xyz[:, 1], xyz[:, 0])
-            rng_m = np.hypot(xyz[:, 0], xyz[:, 1])
+            az = ex.arctan2(xyz[:, 1], xyz[:, 0])
+            rng_m = ex.hypot(xyz[:, 0], xyz[:, 1])
             fov_obj = in_fov & (cls >= 0)
             hidden = np.any(
                 fov_obj[None]
@@ -165,12 +168,12 @@ class RadarModel:
 
         # Kerb clutter along both road edges, and false alarms anywhere in the field of view.
         kerb = self._kerb(world.ego_s(t), rel)
-        clutter_v = np.repeat((-ego_v @ to_ref.T)[None], len(kerb), 0)
+        clutter_v = np.repeat(ex.apply(to_ref, -ego_v)[None], len(kerb), 0)
         n_fa = int(rng.poisson(self.world.config.false_alarms_per_scan))
         fa_r = rng.uniform(2.0, self.max_range_m, n_fa)
-        fa_az = rng.uniform(-1.0, 1.0, n_fa) * np.radians(p.azimuth_fov_deg)
+        fa_az = rng.uniform(-1.0, 1.0, n_fa) * math.radians(p.azimuth_fov_deg)
         fa = np.column_stack(
-            [fa_r * np.cos(fa_az), fa_r * np.sin(fa_az), rng.uniform(-0.4, 1.5, n_fa)]
+            [fa_r * ex.cos(fa_az), fa_r * ex.sin(fa_az), rng.uniform(-0.4, 1.5, n_fa)]
         )
         all_xyz = np.concatenate([xyz, kerb, fa])
         true_vr = self._radial(all_xyz, np.concatenate([vel, clutter_v, np.zeros((n_fa, 2))]))
@@ -180,7 +183,7 @@ class RadarModel:
         )
         spread = np.where(np.isin(point_cls, (PEDESTRIAN, CYCLIST)), p.micro_doppler_sigma_mps, 0.0)
         spread = np.concatenate([spread, np.zeros(len(kerb) + n_fa)])
-        v_r = true_vr + rng.normal(0.0, 1.0, len(true_vr)) * np.hypot(p.v_r_sigma_mps, spread)
+        v_r = true_vr + rng.normal(0.0, 1.0, len(true_vr)) * ex.hypot(p.v_r_sigma_mps, spread)
         return self._measure(all_xyz, v_r, all_rcs)
 
     def _kerb(self, s_ego: float, rel) -> np.ndarray:
@@ -198,29 +201,30 @@ class RadarModel:
 
     @staticmethod
     def _radial(xyz: np.ndarray, vel_xy: np.ndarray) -> np.ndarray:
-        r = np.linalg.norm(xyz, axis=1)
-        return np.einsum("ij,ij->i", xyz[:, :2], vel_xy) / np.maximum(r, 1e-6)
+        r = ex.norm_last(xyz)
+        return ex.dot_last(xyz[:, :2], vel_xy) / np.maximum(r, 1e-6)
 
     def _measure(self, xyz: np.ndarray, v_r: np.ndarray, rcs: np.ndarray) -> np.ndarray:
         p, rng = self.params, self.rng
         n = len(xyz)
-        r = np.linalg.norm(xyz, axis=1)
-        az = np.arctan2(xyz[:, 1], xyz[:, 0])
-        el = np.arcsin(np.clip(xyz[:, 2] / np.maximum(r, 1e-6), -1.0, 1.0))
+        r = ex.norm_last(xyz)
+        az = ex.arctan2(xyz[:, 1], xyz[:, 0])
+        el = ex.arcsin(np.clip(xyz[:, 2] / np.maximum(r, 1e-6), -1.0, 1.0))
         r = r + rng.normal(0.0, p.range_sigma_m, n)
-        az = az + rng.normal(0.0, np.radians(p.azimuth_sigma_deg), n)
-        el = el + rng.normal(0.0, np.radians(p.elevation_sigma_deg), n)
+        az = az + rng.normal(0.0, math.radians(p.azimuth_sigma_deg), n)
+        el = el + rng.normal(0.0, math.radians(p.elevation_sigma_deg), n)
         ok = (
             (r >= p.min_range_m)
             & (r <= self.max_range_m)
-            & (np.abs(az) <= np.radians(p.azimuth_fov_deg))
-            & (np.abs(el) <= np.radians(p.elevation_fov_deg))
+            & (np.abs(az) <= math.radians(p.azimuth_fov_deg))
+            & (np.abs(el) <= math.radians(p.elevation_fov_deg))
         )
         points = np.zeros(int(ok.sum()), dtype=RADAR_POINT_DTYPE)
         r, az, el = r[ok], az[ok], el[ok]
-        points["x"] = r * np.cos(el) * np.cos(az)
-        points["y"] = r * np.cos(el) * np.sin(az)
-        points["z"] = r * np.sin(el)
+        cos_el = ex.cos(el)
+        points["x"] = r * cos_el * ex.cos(az)
+        points["y"] = r * cos_el * ex.sin(az)
+        points["z"] = r * ex.sin(el)
         points["v_r"] = v_r[ok]
         points["rcs"] = rcs[ok]
         return points

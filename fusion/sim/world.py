@@ -8,14 +8,19 @@ positions, so what the radar measures is consistent with where the boxes are.
 World frame: x, y on the ground plane (the road starts at the origin heading along +x), z up.
 Lanes per direction are numbered from the right (0 = outermost). Traffic in one lane shares the
 lane's speed (plus a small surge), so vehicles keep their gaps without a driver model.
+
+Positions and velocities are computed with `fusion.sim._exact` rather than numpy's vectorised
+transcendental functions, so a seeded drive is the same bits on every CPU.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fusion.sim import _exact as ex
 from fusion.sim.scenarios import ScenarioConfig
 from fusion.wire.messages import CLASS_NAMES
 
@@ -94,12 +99,12 @@ class Road:
                 kappa += np.where((t >= 0) & (t <= length), k * profile, 0.0)
             pos += length
         heading = np.cumsum(kappa) * ROAD_STEP_M
-        x = np.cumsum(np.cos(heading)) * ROAD_STEP_M
-        y = np.cumsum(np.sin(heading)) * ROAD_STEP_M
+        x = np.cumsum(ex.cos(heading)) * ROAD_STEP_M
+        y = np.cumsum(ex.sin(heading)) * ROAD_STEP_M
         i0 = int(np.searchsorted(s, 0.0))
         # Shift and rotate so that s = 0 is at the origin heading along +x.
-        h0 = heading[i0]
-        c, sn = np.cos(-h0), np.sin(-h0)
+        h0 = float(heading[i0])
+        c, sn = math.cos(-h0), math.sin(-h0)
         dx, dy = x - x[i0], y - y[i0]
         self.s, self.heading = s, heading - h0
         self.x, self.y = c * dx - sn * dy, sn * dx + c * dy
@@ -108,8 +113,8 @@ class Road:
     def to_world(self, s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Frenet (s, d) -> world (x, y) and the road heading there."""
         h = np.interp(s, self.s, self.heading)
-        x = np.interp(s, self.s, self.x) - d * np.sin(h)
-        y = np.interp(s, self.s, self.y) + d * np.cos(h)
+        x = np.interp(s, self.s, self.x) - d * ex.sin(h)
+        y = np.interp(s, self.s, self.y) + d * ex.cos(h)
         return x, y, h
 
 
@@ -567,7 +572,7 @@ class World:
         s = (
             a.s0
             + a.speed * t
-            + a.surge_m * (np.sin(a.surge_rad_s * t + a.surge_phase) - np.sin(a.surge_phase))
+            + a.surge_m * (ex.sin(a.surge_rad_s * t + a.surge_phase) - ex.sin(a.surge_phase))
         )
         u = np.clip((t - a.cross_start_s) / a.cross_duration_s, 0.0, 1.0)
         d = a.d0 + (a.d1 - a.d0) * u * u * (3 - 2 * u)
@@ -580,14 +585,15 @@ class World:
         x1, y1, _ = self.road.to_world(*self._frenet(t + DIFF_STEP_S))
         x0, y0, _ = self.road.to_world(*self._frenet(t - DIFF_STEP_S))
         vx, vy = (x1 - x0) / (2 * DIFF_STEP_S), (y1 - y0) / (2 * DIFF_STEP_S)
-        moving = np.hypot(vx, vy) > 0.3
-        yaw = np.where(moving, np.arctan2(vy, vx), heading + self.actors.rest_yaw)
+        moving = ex.hypot(vx, vy) > 0.3
+        yaw = np.where(moving, ex.arctan2(vy, vx), heading + self.actors.rest_yaw)
         return State(x, y, yaw, vx, vy)
 
     def ego_s(self, t: float) -> float:
         """The ego's arc length along the road at time `t`."""
         return self.config.ego_speed_mps * t + self.ego_surge_m * (
-            np.sin(self.ego_surge_rad_s * t + self.ego_surge_phase) - np.sin(self.ego_surge_phase)
+            math.sin(self.ego_surge_rad_s * t + self.ego_surge_phase)
+            - math.sin(self.ego_surge_phase)
         )
 
     def _ego_pose(self, t: float) -> tuple[float, float]:
@@ -606,15 +612,15 @@ class World:
         h = 0.02
         vx1, vy1 = self._ego_velocity(t + h)
         vx0, vy0 = self._ego_velocity(t - h)
-        yaw1, yaw0 = np.arctan2(vy1, vx1), np.arctan2(vy0, vx0)
-        dyaw = (yaw1 - yaw0 + np.pi) % (2 * np.pi) - np.pi
+        yaw1, yaw0 = math.atan2(vy1, vx1), math.atan2(vy0, vx0)
+        dyaw = (yaw1 - yaw0 + math.pi) % (2 * math.pi) - math.pi
         return EgoState(
             x=x,
             y=y,
-            yaw=float(np.arctan2(vy, vx)),
+            yaw=math.atan2(vy, vx),
             vx=vx,
             vy=vy,
-            speed=float(np.hypot(vx, vy)),
-            yaw_rate=float(dyaw / (2 * h)),
-            accel=float((np.hypot(vx1, vy1) - np.hypot(vx0, vy0)) / (2 * h)),
+            speed=math.hypot(vx, vy),
+            yaw_rate=dyaw / (2 * h),
+            accel=(math.hypot(vx1, vy1) - math.hypot(vx0, vy0)) / (2 * h),
         )

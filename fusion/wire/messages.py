@@ -201,10 +201,44 @@ class Calibration(Message):
     }
 
 
+#: `ReplayControl.sent_until_ns` once a replay has sent everything: no message is still to come.
+SENT_EVERYTHING_NS = 2**63 - 1
+
+
+@dataclass(kw_only=True)
+class ReplayControl(Message):
+    """What a player tells the nodes about its replay (topic ``replay_control``, ROS's
+    ``/clock`` in spirit), so a node can judge time without confusing a replay with live data.
+
+    Every replay restamps the recorded ``capture_ns`` by one constant offset per pass
+    (`fusion.logs.player`). ``rate`` is the playback pace: a message stamped ``c`` was due on
+    the player's monotonic clock at ``origin_ns + (c - origin_ns) / rate``; ``rate`` 0 means
+    untimed (as fast as possible, or lock-step), where the stamps say nothing about when
+    messages are sent. In lock-step (``lockstep`` True) the player sends one after each step of
+    the replay: ``order`` lists the topics of the messages it published since its previous
+    control message, in publish order (comma-separated), so the consumer can take them in that
+    order whatever their sockets delivered first; ``sent_until_ns`` promises that every message
+    of the replay with ``capture_ns`` at or before it has been published
+    (`SENT_EVERYTHING_NS` at the end); ``final`` marks the last step of a pass.
+    """
+
+    rate: float = 1.0
+    origin_ns: int = 0
+    lockstep: bool = False
+    order: str = ""
+    sent_until_ns: int = 0
+    final: bool = False
+
+    def topics_sent(self) -> list[str]:
+        """``order`` as a list (empty when nothing was sent since the previous step)."""
+        return self.order.split(",") if self.order else []
+
+
 def restamp(msg: Message, capture_ns: int) -> Message:
     """Move a replayed or simulated message onto this host's monotonic clock: `capture_ns`
-    becomes the time it is released, and the trace (stamps of another run, on another clock)
-    is replaced by ``{"recorded_capture_ns": <the original capture_ns>}``. Returns `msg`."""
+    becomes the given stamp (the recorded one plus the replay's offset), and the trace (stamps
+    of another run, on another clock) is replaced by ``{"recorded_capture_ns": <the original
+    capture_ns>}``. Returns `msg`."""
     msg.trace = {"recorded_capture_ns": msg.capture_ns}
     msg.capture_ns = capture_ns
     msg.clock = "monotonic"
@@ -213,7 +247,15 @@ def restamp(msg: Message, capture_ns: int) -> Message:
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.__name__: cls
-    for cls in (CameraFrame, RadarScan, Detections, EgoMotion, GroundTruth, Calibration)
+    for cls in (
+        CameraFrame,
+        RadarScan,
+        Detections,
+        EgoMotion,
+        GroundTruth,
+        Calibration,
+        ReplayControl,
+    )
 }
 
 

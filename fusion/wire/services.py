@@ -25,6 +25,7 @@ from fusion.wire.messages import (
     GroundTruth,
     Message,
     RadarScan,
+    ReplayControl,
 )
 
 
@@ -49,6 +50,7 @@ SERVICES: dict[str, Service] = {
         Service("ground_truth", GroundTruth, 20.0, False, True, 5553),
         Service("calibration", Calibration, 1.0, False, True, 5554, queue_size=16),
         Service("detections", Detections, 20.0, False, True, 5555),
+        Service("replay_control", ReplayControl, 20.0, False, False, 5556, queue_size=1000),
     )
 }
 
