@@ -27,7 +27,13 @@ from fusion.logs.reader import RecordingReader
 from fusion.perception.geometry import CameraModel
 from fusion.runtime.graph import GraphSpec, NodeSpec
 from fusion.runtime.launch import run_graph
-from fusion.wire.messages import Calibration, CameraFrame, Detections, GroundTruth
+from fusion.wire.messages import (
+    Calibration,
+    CameraFrame,
+    Detections,
+    GroundTruth,
+    empty_detections,
+)
 
 PLAYED_TOPICS = ("camera", "radar", "calibration", "ego_motion")
 
@@ -35,9 +41,10 @@ PLAYED_TOPICS = ("camera", "radar", "calibration", "ego_motion")
 def replay_graph(
     recording: Path, weights: Path, out: Path, mode: str, device: str, threads: int
 ) -> GraphSpec:
-    """Player (lock-step) -> fusion node -> recorder of the Detections."""
+    """Player (lock-step) -> fusion node (lock-step, `mode`) -> recorder of the Detections; the
+    node holds its inputs until the recorder and the player both read its output."""
     fusion_args = ["--weights", str(weights), "--lockstep", "--mode", mode]
-    fusion_args += ["--device", device, "--threads", str(threads)]
+    fusion_args += ["--device", device, "--threads", str(threads), "--wait-for-subscribers", "2"]
     return GraphSpec(
         name="eval-replay",
         nodes=[
@@ -52,7 +59,7 @@ def replay_graph(
                 "fusion",
                 "nodes.fusion_node",
                 fusion_args,
-                inputs=PLAYED_TOPICS,
+                inputs=(*PLAYED_TOPICS, "replay_control"),
                 outputs=("detections",),
             ),
             NodeSpec.of_module(
@@ -63,12 +70,10 @@ def replay_graph(
                     "--lockstep",
                     "--topics",
                     ",".join(PLAYED_TOPICS),
-                    "--wait-subscribers-s",
-                    "300",
                     "--no-progress",
                 ],
                 inputs=("detections",),
-                outputs=PLAYED_TOPICS,
+                outputs=(*PLAYED_TOPICS, "replay_control"),
                 finishes_graph=True,
                 restart="never",
             ),
@@ -109,18 +114,16 @@ def score_replay(
             continue
         counts["frames_with_truth"] += 1
         out = answers.get(seq)
-        objects = (
-            out.objects if out is not None and out.valid else np.zeros(0, truths[capture_ns].dtype)
-        )
+        objects = empty_detections()  # a frame not answered (or invalid) detected nothing
         if out is not None:
             counts["answered"] += 1
             counts[f"mode_{out.mode}"] = counts.get(f"mode_{out.mode}", 0) + 1
+            if out.valid:
+                objects = out.objects
         cam = cameras[capture_ns]
         pairs.append(
             (
-                filter_detections_for_eval(objects, cam, MAX_RANGE_M)
-                if out is not None
-                else objects[:0],
+                filter_detections_for_eval(objects, cam, MAX_RANGE_M),
                 filter_gt_for_eval(truths[capture_ns], cam, MAX_RANGE_M),
             )
         )

@@ -122,7 +122,7 @@ class ImageBranch(nn.Module):
         self.lateral8 = conv_bn(BLOCK_CHANNELS[TAP_STRIDE8], c, 1)
         self.lateral16 = conv_bn(BLOCK_CHANNELS[TAP_STRIDE16], c, 1)
         self.lateral32 = conv_bn(BLOCK_CHANNELS[TAP_STRIDE32], c, 1)
-        self.smooth = SeparableBlock(c)
+        self.smooth = conv_bn(c, c, 3)
         self.reduce = conv_bn(c, cfg.lift_channels, 1)
 
     def from_early(self, f8: torch.Tensor, f16: torch.Tensor, f32: torch.Tensor) -> torch.Tensor:
@@ -206,7 +206,7 @@ class FusionNet(nn.Module):
             SeparableBlock(c, 2 * c, stride=2), SeparableBlock(2 * c), SeparableBlock(2 * c)
         )
         self.up = conv_bn(2 * c, c, 1)
-        self.post = nn.Sequential(SeparableBlock(c), SeparableBlock(c))
+        self.post = nn.Sequential(SeparableBlock(c), conv_bn(c, c, 3))
         self.heads = nn.ModuleDict(
             {"heatmap": nn.Conv2d(c, cfg.num_classes, 1)}
             | {name: nn.Conv2d(c, n, 1) for name, n in HEAD_CHANNELS.items()}
