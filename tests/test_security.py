@@ -21,7 +21,7 @@ import zmq
 import zmq.auth
 
 from fusion import cli
-from fusion.errors import ConfigError
+from fusion.errors import ConfigError, EncodeError
 from fusion.runtime import security, transport
 from fusion.runtime.security import CurveConfig
 from fusion.runtime.transport import Publisher, Subscriber
@@ -240,6 +240,68 @@ def test_oversized_frame_is_refused_before_allocation(
                         break
             assert (got is None) == (frames is huge)
         assert sub.stats.received == 1 and sub.stats.rejected == 0
+
+
+def test_oversized_frame_does_not_silence_a_connecting_subscriber(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libzmq closes a connection that sent a frame over ZMQ_MAXMSGSIZE and never retries it;
+    the subscriber notices, connects again, counts and logs it, and gets what follows."""
+    monkeypatch.setattr(transport, "MAX_MESSAGE_BYTES", 1 << 20)
+    small = [bytes(f) for f in codec.encode("radar", RadarScan(points=empty_points(4)))]
+    huge = [b"radar", small[1], np.zeros(2 << 20, np.uint8)]
+    ctx = zmq.Context.instance()
+    with (
+        caplog.at_level(logging.WARNING, logger="fusion.runtime.transport"),
+        ctx.socket(zmq.PUB) as raw,
+    ):
+        raw.bind(endpoint)
+        with Subscriber("radar", endpoint) as sub:
+
+            def delivered_after_sending(frames: list) -> bool:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    raw.send_multipart(frames)
+                    if sub.recv(50) is not None:
+                        return True
+                return False
+
+            assert delivered_after_sending(small)
+            raw.send_multipart(huge)
+            assert delivered_after_sending(small), "the subscriber stayed deaf after the frame"
+            assert sub.stats.reconnects == 1 and sub.stats.rejected == 0
+    assert "was dropped and not retried" in caplog.text
+
+
+def test_publisher_refuses_a_frame_subscribers_would_drop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport, "MAX_MESSAGE_BYTES", 1 << 10)
+    with Publisher("radar") as pub:
+        with pytest.raises(EncodeError, match="not sent"):
+            pub.send(RadarScan(points=empty_points(100)))
+        assert pub.sent == 0
+        pub.send(RadarScan(points=empty_points(4)))
+
+
+def test_seq_tables_are_bounded_and_absurd_jumps_are_not_losses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A subscriber keeps the last seq of at most MAX_TRACKED_SENDERS senders, however many
+    sensor_ids arrive, and a seq jump no queue could have lost counts as a restart."""
+    with Publisher("radar") as pub, Subscriber("radar") as sub:
+        assert pub.wait_for_subscribers(1, timeout_s=10)
+        for i in range(transport.MAX_TRACKED_SENDERS * 3):
+            pub.send(RadarScan(points=empty_points(1), seq=5, sensor_id=f"s{i}"))
+        pub.send(RadarScan(points=empty_points(1), seq=0, sensor_id="r"))
+        pub.send(RadarScan(points=empty_points(1), seq=2**63 - 1, sensor_id="r"))
+        got = 0
+        while sub.recv(500) is not None:
+            got += 1
+        assert got == transport.MAX_TRACKED_SENDERS * 3 + 2
+        assert len(sub.stats.last_seq) == transport.MAX_TRACKED_SENDERS
+        assert sub.stats.senders_forgotten == transport.MAX_TRACKED_SENDERS * 2 + 1
+        assert sub.stats.lost == 0 and sub.stats.restarts == 1
 
 
 @pytest.mark.parametrize(

@@ -278,6 +278,7 @@ def run_record(args: argparse.Namespace) -> int:
         finally:
             recorder.close()
     log.info("recorded %s: %s", out, recorder.summary_line())
+    log.info("recorder counters at close: %s", json.dumps(recorder.counters(), sort_keys=True))
     return 0
 
 

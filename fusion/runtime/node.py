@@ -179,9 +179,15 @@ class Inputs:
                 found.append(f"{name} at {h.rate_hz:.1f} Hz of {monitor.nominal_rate_hz:g}")
         return "; ".join(found)
 
-    def counters(self) -> dict[str, dict[str, int]]:
+    def counters(self) -> dict[str, dict[str, object]]:
+        """Per input: the subscriber's counters and details (reconnects, senders forgotten,
+        malformed messages by reason) and ``invalid`` (what its validator flagged)."""
         return {
-            name: {**sub.stats.as_dict(), "invalid": self.monitors[name].invalid_count}
+            name: {
+                **sub.stats.as_dict(),
+                **sub.stats.details(),
+                "invalid": self.monitors[name].invalid_count,
+            }
             for name, sub in self.subscribers.items()
         }
 

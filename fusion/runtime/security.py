@@ -15,8 +15,9 @@ DIR`` to any node) to a folder made by ``fusion keys DIR``:
 
 Secret files are written with mode 0600 and refused when group or others can read them, as ssh
 does. The files are pyzmq certificates (`zmq.auth.load_certificate` reads them). Handshake
-failures of any secured socket are counted in its `HandshakeWatch` and logged (rate-limited),
-so a peer with the wrong key shows up in the log of both ends that can see it.
+failures of any secured socket are counted in its `fusion.runtime.watch.ConnectionWatch` and
+logged here (rate-limited), so a peer with the wrong key shows up in the log of both ends that
+can see it.
 """
 
 from __future__ import annotations
@@ -27,14 +28,12 @@ import logging
 import os
 import stat
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils.monitor import recv_monitor_message
 
 from fusion.errors import ConfigError
 
@@ -45,14 +44,8 @@ CLIENT_NAME_ENV = "FUSION_CURVE_CLIENT"
 SERVER_NAME = "server"
 DEFAULT_CLIENT_NAME = "client"
 AUTHORIZED_DIR = "authorized"
-#: Handshake failures are logged at most once per this many seconds per socket.
-REFUSAL_LOG_PERIOD_S = 5.0
-
-_HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
+#: What a failed handshake of a secured socket suggests checking.
+FAILURE_HINT = "check that both ends use keys from the same `fusion keys` folder"
 _PUBLIC_BANNER = "#   ZeroMQ CURVE public certificate made by `fusion keys` on {when}\n\n"
 _SECRET_BANNER = (
     "#   ZeroMQ CURVE **secret** certificate made by `fusion keys` on {when}\n"
@@ -162,55 +155,6 @@ def load_keypair(path: Path) -> tuple[bytes, bytes]:
 # -- sockets -------------------------------------------------------------------------------
 
 
-class HandshakeWatch:
-    """Counts a secured socket's successful and failed handshakes and logs the failures.
-
-    A thread reads the socket's monitor events and ends when the socket is closed."""
-
-    def __init__(self, socket: zmq.Socket, label: str) -> None:
-        self.label = label
-        self.succeeded = 0
-        self.failed = 0
-        self.last_error = ""
-        self._last_log_s = -REFUSAL_LOG_PERIOD_S
-        monitor = socket.get_monitor_socket(_HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self._thread = threading.Thread(
-            target=self._run, args=(monitor,), name=f"handshakes {label}", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, monitor: zmq.Socket) -> None:
-        try:
-            while True:
-                event = recv_monitor_message(monitor)
-                kind = event["event"]
-                if kind == zmq.EVENT_MONITOR_STOPPED:
-                    return
-                if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    self.succeeded += 1
-                    continue
-                self.failed += 1
-                self.last_error = f"{zmq.Event(kind).name} (value {event['value']})"
-                self._log_failure(event["endpoint"])
-        except zmq.ZMQError:
-            return
-        finally:
-            monitor.close(0)
-
-    def _log_failure(self, endpoint: bytes) -> None:
-        now_s = time.monotonic()
-        if now_s - self._last_log_s >= REFUSAL_LOG_PERIOD_S:
-            self._last_log_s = now_s
-            log.warning(
-                "CurveZMQ %s: a handshake on %s failed: %s (%d so far); check that both ends "
-                "use keys from the same `fusion keys` folder",
-                self.label,
-                endpoint.decode(errors="replace"),
-                self.last_error,
-                self.failed,
-            )
-
-
 class _AuthorizedKeys:
     """The ZAP callback: a client is allowed when its public key is in the folder."""
 
@@ -262,13 +206,13 @@ def authorized_keys(context: zmq.Context, folder: Path) -> tuple[str, _Authorize
 
 def secure_socket(
     socket: zmq.Socket, endpoint: str, *, server: bool, curve: CurveConfig | None
-) -> HandshakeWatch | None:
+) -> bool:
     """Make `socket` a CurveZMQ server (binding side) or client before it binds or connects.
 
     Only ``tcp://`` endpoints are secured (``ipc://`` sockets sit in a private folder). Returns
-    the socket's `HandshakeWatch`, or None when nothing was secured."""
+    whether it was secured."""
     if curve is None or not endpoint.startswith("tcp://"):
-        return None
+        return False
     if server:
         public, secret = load_keypair(curve.server_secret_file)
         domain, _ = authorized_keys(socket.context, curve.authorized_dir)
@@ -279,7 +223,7 @@ def secure_socket(
         socket.curve_serverkey = load_public_key(curve.server_public_file)
     socket.curve_publickey = public
     socket.curve_secretkey = secret
-    return HandshakeWatch(socket, "server" if server else "client")
+    return True
 
 
 class CurveKeysAction(argparse.Action):
