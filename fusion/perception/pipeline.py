@@ -15,7 +15,11 @@ camera frame whose radar matching is settled into one `Detections` message:
    ``preprocessed``, ``inferred``, ``decoded``), with the VAE health score in ``health``.
 
 Every input that cannot be used is counted by reason in `counters` and logged (rate-limited);
-nothing raises out of `add` or `step` for bad data.
+nothing raises out of `add` or `step` for bad data. `add` first checks what a message means
+(`fusion.wire.validate`: image sizes, calibration, stamps within a window of the clock, bounded
+fields, finite values); radar points that are not finite or out of range are dropped and
+counted, and a frame whose matched radar has no usable point is answered ``camera_only`` and
+not ``valid``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from fusion.errors import CalibrationError, FusionError, ImageError
 from fusion.perception.geometry import CameraModel
 from fusion.perception.image import camera_image
 from fusion.perception.sync import ApproximateTimeSync, SyncedFrame, synced_points
+from fusion.wire import validate
 from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
     Calibration,
@@ -48,7 +53,15 @@ from fusion.wire.messages import (
 log = logging.getLogger(__name__)
 
 #: A radar scan with more points than this is dropped (a 4D radar gives a few thousand).
-MAX_RADAR_POINTS = 100_000
+MAX_RADAR_POINTS = validate.LIMITS.max_radar_points
+#: Radar points beyond these are dropped as out of range (m; m/s; s from the scan's stamp).
+MAX_POINT_RANGE_M = 1000.0
+MAX_POINT_SPEED_MPS = 500.0
+MAX_POINT_DT_S = 1.0
+#: An output copies at most this many entries of its input's trace, with keys of at most
+#: `MAX_TRACE_KEY_CHARS`, so no input can push an output past the header limit.
+MAX_TRACE_COPY = 16
+MAX_TRACE_KEY_CHARS = 32
 #: Camera silent for this long (and radar alive): outputs switch to radar-only.
 CAMERA_TIMEOUT_NS = 250_000_000
 #: Radar silent for this long: frames go camera-only at once instead of waiting for the deadline.
@@ -107,6 +120,10 @@ class FusionPipeline:
 
     def add(self, topic: str, msg: Message, now_ns: int | None = None) -> None:
         now_ns = self.clock_ns() if now_ns is None else now_ns
+        rejection = validate.problem(msg, now_ns)
+        if rejection is not None:
+            self._reject(rejection.reason, rejection.message)
+            return
         if isinstance(msg, CameraFrame):
             self._last_camera_ns = now_ns
             self.counters["camera_in"] += 1
@@ -132,11 +149,27 @@ class FusionPipeline:
             self._reject("radar_too_many_points", f"radar scan {scan.seq} has {len(points)} points")
             return None
         finite = np.ones(len(points), bool)
-        for name in ("x", "y", "z", "v_r", "rcs"):
+        for name in RADAR_POINT_DTYPE.names:
             finite &= np.isfinite(points[name])
-        if not finite.all():
-            self.counters["radar_points_nonfinite"] += int((~finite).sum())
-            scan = scan.replace(points=points[finite])
+        with np.errstate(invalid="ignore"):
+            in_range = (
+                (np.abs(points["x"]) <= MAX_POINT_RANGE_M)
+                & (np.abs(points["y"]) <= MAX_POINT_RANGE_M)
+                & (np.abs(points["z"]) <= MAX_POINT_RANGE_M)
+                & (np.abs(points["v_r"]) <= MAX_POINT_SPEED_MPS)
+                & (np.abs(points["dt_s"]) <= MAX_POINT_DT_S)
+            )
+        usable = finite & in_range
+        if not usable.all():
+            for reason, dropped in (
+                ("radar_points_nonfinite", ~finite),
+                ("radar_points_out_of_range", finite & ~in_range),
+            ):
+                if dropped.any():
+                    self.counters[reason] += int(dropped.sum())
+            scan = scan.replace(points=points[usable])
+        if len(scan.points) == 0:
+            self.counters["radar_empty"] += 1  # kept: the radar is alive, its scan is not usable
         return scan
 
     def _set_calibration(self, calib: Calibration) -> None:
@@ -201,8 +234,12 @@ class FusionPipeline:
                 compensate=self.cfg.motion_compensation and ego is not None,
             )
         mode = "fused" if synced.radar else "camera_only"
+        # A matched radar that gave no usable point is a radar fault, not a fusion.
+        valid = not synced.radar or len(points) > 0
+        if not valid:
+            mode = "camera_only"
         sources = {"camera": frame.seq, **({"radar": synced.radar[-1].seq} if synced.radar else {})}
-        return self._run(frame, image, points, mode, sources, picked_ns)
+        return self._run(frame, image, points, mode, sources, picked_ns, valid=valid)
 
     def _process_radar_only(self, scan: RadarScan) -> Detections | None:
         picked_ns = self.clock_ns()
@@ -211,6 +248,9 @@ class FusionPipeline:
             return None
         if self.camera is None:
             self._reject("no_calibration", "no camera calibration yet; scan dropped")
+            return None
+        if len(scan.points) == 0:
+            self._reject("radar_only_empty", f"radar scan {scan.seq} has no usable point; dropped")
             return None
         blank = np.zeros((self.camera.height_px, self.camera.width_px, 3), np.uint8)
         return self._run(scan, blank, scan.points, "radar_only", {"radar": scan.seq}, picked_ns)
@@ -265,6 +305,8 @@ class FusionPipeline:
         mode: str,
         sources: dict[str, int],
         picked_ns: int,
+        *,
+        valid: bool = True,
     ) -> Detections | None:
         trace = input_trace(source)
         trace["synced"] = picked_ns
@@ -289,7 +331,7 @@ class FusionPipeline:
         out = Detections(
             objects=objects if len(objects) else empty_detections(),
             mode=mode,
-            valid=True,
+            valid=valid,
             budget_miss=bool(budget_miss),
             health=health,
             source_seqs=sources,
@@ -305,8 +347,14 @@ class FusionPipeline:
 
 def input_trace(source: Message) -> dict[str, int]:
     """The input's trace for an output: its ``published`` hop becomes ``input_published`` so
-    the output's own ``published`` stamp does not overwrite it."""
-    trace = dict(source.trace)
+    the output's own ``published`` stamp does not overwrite it. At most `MAX_TRACE_COPY` entries
+    with keys of at most `MAX_TRACE_KEY_CHARS` are copied."""
+    trace: dict[str, int] = {}
+    for hop, stamp_ns in source.trace.items():
+        if len(trace) == MAX_TRACE_COPY:
+            break
+        if len(hop) <= MAX_TRACE_KEY_CHARS:
+            trace[hop] = stamp_ns
     if "published" in trace:
         trace["input_published"] = trace.pop("published")
     return trace
