@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean-venv
+.PHONY: demo test fuzz bench lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The long fuzz runs (make test runs each briefly): hostile recordings against the reader
+# (FUZZ_RECORDINGS cases, every kind in turn).
+FUZZ_RECORDINGS := 300
+fuzz: $(STAMP)
+	$(PY) -m tests.recording_fuzz --cases $(FUZZ_RECORDINGS) --seed 1
 
 # make bench [BASELINE=.benchmarks/.../0001_x.json] also compares each benchmark with that saved
 # run (pytest-benchmark's --benchmark-compare) and fails when one is slower by more than
