@@ -49,7 +49,7 @@ import zmq
 from fusion.core.ratelog import RateLimitedLog
 from fusion.errors import ConfigError, DecodeError, EncodeError
 from fusion.runtime import security
-from fusion.runtime.security import CurveConfig, secure_socket
+from fusion.runtime.security import CurveConfig, RevocationWatch, secure_socket
 from fusion.runtime.watch import ConnectionWatch
 from fusion.wire import codec, services
 from fusion.wire.messages import Message
@@ -71,6 +71,11 @@ LATE_SEQ_WINDOW = 256
 #: Largest frame a subscriber accepts (ZMQ_MAXMSGSIZE applies per frame; a larger one drops the
 #: connection before anything is allocated for it).
 MAX_MESSAGE_BYTES = 4 * codec.MAX_BUFFER_BYTES
+#: A connection that was refused is made again after this, doubling up to the maximum.
+RECONNECT_BACKOFF_S = 0.2
+RECONNECT_BACKOFF_MAX_S = 5.0
+#: Longest wait for an endpoint to be free again after dropping its connections.
+REBIND_TIMEOUT_S = 5.0
 #: Senders (``sensor_id``) whose ``seq`` a subscriber tracks; a topic has one or a few.
 MAX_TRACKED_SENDERS = 64
 #: A ``seq`` this far ahead of the last is a sender that restarted elsewhere, not lost messages.
@@ -93,11 +98,12 @@ def _allow_public_bind() -> bool:
 
 def _open(
     socket: zmq.Socket, url: str, bind: bool, curve: CurveConfig | None, watch: bool = False
-) -> tuple[bool, ConnectionWatch | None]:
+) -> tuple[RevocationWatch | bool, ConnectionWatch | None]:
     """Check `url`, set up CurveZMQ on ``tcp://`` when `curve` (or ``FUSION_CURVE_DIR``) says so
     (the binding side is the Curve server; see `fusion.runtime.security`), then bind or connect.
-    Returns whether Curve secures it, and the socket's `ConnectionWatch`: made for a secured
-    socket, or with `watch`. The socket is closed on any failure."""
+    Returns what `secure_socket` says (False: not secured; a binding socket's
+    `RevocationWatch`) and the socket's `ConnectionWatch`: made for a secured socket, or with
+    `watch`. The socket is closed on any failure."""
     _check_endpoint(url, bind)
     try:
         secured = secure_socket(socket, url, server=bind, curve=curve or CurveConfig.from_env())
@@ -123,6 +129,28 @@ def _open(
         socket.close(0)
         raise ConfigError(f"cannot {'bind' if bind else 'connect'} {url}: {exc}") from exc
     return secured, watcher
+
+
+def _drop_connections(socket: zmq.Socket, endpoint: str, topic: str) -> None:
+    """A key was revoked: unbind (which drops every connection made through the endpoint) and
+    bind again, so every peer proves itself in a new handshake and a revoked one is refused."""
+    log.warning(
+        "%s: a key was removed from the authorised keys; dropping every connection to %s so "
+        "that each peer is checked again",
+        topic,
+        endpoint,
+    )
+    socket.unbind(endpoint)
+    # libzmq closes the listener in its I/O thread: the address is free a moment later.
+    deadline = time.monotonic() + REBIND_TIMEOUT_S
+    while True:
+        try:
+            socket.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise ConfigError(f"cannot bind {endpoint} again: {exc}") from exc
+            time.sleep(0.01)
 
 
 class Publisher:
@@ -155,11 +183,14 @@ class Publisher:
         hwm = sndhwm or (LATEST_ONLY_SNDHWM if svc.latest_only else QUEUED_SNDHWM)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)
-        _, self.security = _open(self.socket, self.endpoint, bind, curve)
+        secured, self.security = _open(self.socket, self.endpoint, bind, curve)
+        self._revocations = secured if isinstance(secured, RevocationWatch) else None
 
     def send(self, msg: Message) -> None:
         """Send `msg`; raises `EncodeError` for a message that cannot be encoded or that has a
         frame over `MAX_MESSAGE_BYTES` (every subscriber would drop its connection for it)."""
+        if self._revocations is not None and self._revocations.revoked():
+            _drop_connections(self.socket, self.endpoint, self.topic)
         msg.trace["published"] = time.monotonic_ns()
         frames = codec.encode(self.topic, msg)
         largest = max(len(f) for f in frames)
@@ -274,6 +305,10 @@ class Subscriber:
         self.stats = SubscriberStats()
         self._missing: dict[str, set[int]] = {}
         self._bind = bind
+        self._reconnect_at_s: float | None = None
+        self._backoff_s = 0.0
+        self._handshakes_seen = 0
+        self._failures_seen = 0
         self._log = RateLimitedLog(log)
         ctx = context or zmq.Context.instance()
         self.socket = ctx.socket(zmq.SUB)
@@ -288,6 +323,7 @@ class Subscriber:
             self.socket, self.endpoint, bind, curve, watch=track_connection or not bind
         )
         self.security = self._watch if secured or track_connection else None
+        self._revocations = secured if isinstance(secured, RevocationWatch) else None
 
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until a connection to a publisher is up, or `timeout_s` passes. Needs
@@ -325,15 +361,34 @@ class Subscriber:
                 return None
 
     def _reconnect_if_dropped(self) -> None:
-        """Connect again when libzmq gave up on our connection (see `ConnectionWatch`)."""
-        if self._watch is None or self._bind or not self._watch.take_dead():
+        """Connect again when libzmq gave up on our connection (see `ConnectionWatch`): at once
+        after a connection that worked, else after a backoff (a refused peer is not hammered)."""
+        watch = self._watch
+        if watch is None or self._bind:
             return
+        now_s = time.monotonic()
+        if self._reconnect_at_s is None:
+            if not watch.take_dead(now_s):
+                return
+            if watch.succeeded > self._handshakes_seen:  # the last connection worked
+                self._backoff_s = 0.0
+            self._handshakes_seen = watch.succeeded
+            self._reconnect_at_s = now_s + self._backoff_s
+        if now_s < self._reconnect_at_s:
+            return
+        self._reconnect_at_s = None
+        self._backoff_s = min(
+            max(2 * self._backoff_s, RECONNECT_BACKOFF_S), RECONNECT_BACKOFF_MAX_S
+        )
         self.stats.reconnects += 1
+        cause = f"a frame over {MAX_MESSAGE_BYTES} bytes, or a protocol error"
+        if watch.failed > self._failures_seen:
+            cause = f"a handshake failed: {watch.last_error}"
+        self._failures_seen = watch.failed
         self._log.warning(
             "reconnect",
-            f"{self.topic}: the connection to {self.endpoint} was dropped and not retried (a "
-            f"frame over {MAX_MESSAGE_BYTES} bytes, or a protocol error); connecting again "
-            f"(reconnect #{self.stats.reconnects})",
+            f"{self.topic}: the connection to {self.endpoint} was dropped and not retried "
+            f"({cause}); connecting again (reconnect #{self.stats.reconnects})",
         )
         with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten the endpoint
             self.socket.disconnect(self.endpoint)
@@ -341,6 +396,8 @@ class Subscriber:
 
     def _drain_one_batch(self) -> tuple[list[zmq.Frame], Message] | None:
         self._reconnect_if_dropped()
+        if self._revocations is not None and self._revocations.revoked():
+            _drop_connections(self.socket, self.endpoint, self.topic)
         newest = None
         while True:
             try:
