@@ -24,7 +24,7 @@ from fusion.logs.reader import RecordingReader
 from fusion.logs.recorder import RECORDER_QUEUE_SIZE, Recorder
 from fusion.logs.recover import recover
 from fusion.logs.writer import COMPRESSIONS, DEFAULT_CHUNK_SIZE, RecordingWriter
-from fusion.runtime import node
+from fusion.runtime import heartbeat, node
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import services
 
@@ -113,7 +113,7 @@ def _wait_for_subscribers(publishers: dict[str, Publisher], timeout_s: float) ->
     waiting = dict(publishers)
     while waiting and time.monotonic() < deadline:
         waiting = {t: p for t, p in waiting.items() if p.subscriber_count() < 1}
-        time.sleep(0.01)
+        heartbeat.sleep(0.01)
     if waiting:
         log.info("no subscriber yet on %s; publishing anyway", sorted(waiting))
     else:

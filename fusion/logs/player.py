@@ -41,9 +41,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fusion.errors import ConfigError, CorruptRecordingError
+from fusion.core.ratelog import RateLimitedLog
+from fusion.errors import ConfigError, CorruptRecordingError, DecodeError
 from fusion.logs.faults import FaultInjector
 from fusion.logs.reader import RecordedMessage, RecordingReader
+from fusion.runtime import heartbeat
 from fusion.wire.messages import Detections, Message, restamp
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ ANSWER_TOPIC = "detections"
 DEFAULT_LOCKSTEP_TIMEOUT_S = 2.0
 #: Pause between loop passes of a window holding a single message.
 LOOP_GAP_NS = 50_000_000
+#: A long wait for the next message is cut into slices of this, each beating the heartbeat.
+HEARTBEAT_SLICE_NS = 500_000_000
 
 
 class PublisherLike(Protocol):
@@ -80,6 +84,8 @@ class PlayStats:
     max_late_ms: float = 0.0
     lockstep_answers: int = 0
     lockstep_timeouts: int = 0
+    #: recorded messages that did not decode (skipped, logged)
+    undecodable: int = 0
     damage: str = ""
 
     def line(self) -> str:
@@ -135,6 +141,7 @@ class Player:
             duration_s=((self.end_ns or reader.end_ns) - self.start_ns) / 1e9,
         )
         self._stop = threading.Event()
+        self._log = RateLimitedLog(log)
 
     def _choose_topics(self, topics: Iterable[str] | None, lockstep: bool) -> set[str]:
         recorded = set(self.reader.topics)
@@ -179,12 +186,18 @@ class Player:
                     self.stats.published += 1
                     self.stats.per_topic[rec.topic] = self.stats.per_topic.get(rec.topic, 0) + 1
                     self.stats.position_s = (rec.log_time_ns - self.start_ns) / 1e9
-                    yield rec.topic, restamp(rec.decode(), due_ns)
+                    try:
+                        msg = rec.decode()
+                    except DecodeError as exc:  # recorded bytes that are not a message
+                        self.stats.undecodable += 1
+                        self._log.warning("undecodable", f"{rec.topic}: skipped: {exc}")
+                        continue
+                    yield rec.topic, restamp(msg, due_ns)
                     if self._stop.is_set():
                         return
             except CorruptRecordingError as exc:
                 if not self.stats.damage:
-                    log.error("%s (played the complete chunks before it)", exc)
+                    log.error("%s (played every intact chunk)", exc)
                 self.stats.damage = str(exc)
             if not self.loop or count == 0:
                 return
@@ -206,6 +219,7 @@ class Player:
         next_progress_ns = self.clock_ns()
         stream = self.replay() if self.faults is None else self.faults.apply(self.replay())
         for topic, msg in stream:
+            heartbeat.beat()
             self.publishers[topic].send(msg)
             if not self.timed:
                 time.sleep(0)  # untimed, still let a consumer in this process take its turn
@@ -224,8 +238,13 @@ class Player:
         if not self.timed:
             return now_ns
         due_ns = self.start_ns + offset_ns + int((rec.log_time_ns - self.start_ns) / self.rate)
-        if due_ns > now_ns and self._stop.wait((due_ns - now_ns) / 1e9):
-            return None
+        wait_ns = due_ns - now_ns
+        while wait_ns > 0:  # in slices, beating: a recording may pause for minutes
+            step_ns = min(wait_ns, HEARTBEAT_SLICE_NS)
+            if self._stop.wait(step_ns / 1e9):
+                return None
+            heartbeat.beat()
+            wait_ns = min(wait_ns - step_ns, due_ns - self.clock_ns())
         self.stats.late_ms = max(0.0, (self.clock_ns() - due_ns) / 1e6)
         self.stats.max_late_ms = max(self.stats.max_late_ms, self.stats.late_ms)
         return due_ns
@@ -238,6 +257,7 @@ class Player:
             if remaining_ms <= 0:
                 break
             answer = self.answers.recv(min(int(remaining_ms), 100))
+            heartbeat.beat()
             if isinstance(answer, Detections) and answer.source_seqs.get(LOCKSTEP_TOPIC) == seq:
                 self.stats.lockstep_answers += 1
                 return

@@ -48,7 +48,7 @@ import zmq
 
 from fusion.core.ratelog import RateLimitedLog
 from fusion.errors import ConfigError, DecodeError, EncodeError
-from fusion.runtime import security
+from fusion.runtime import heartbeat, security
 from fusion.runtime.security import CurveConfig, RevocationWatch, secure_socket
 from fusion.runtime.watch import ConnectionWatch
 from fusion.wire import codec, services
@@ -222,6 +222,7 @@ class Publisher:
             if remaining_ms <= 0:
                 return False
             self.socket.poll(min(remaining_ms, 50), zmq.POLLIN)
+            heartbeat.beat()
         # The subscription reaches us slightly before the subscriber's pipe is ready.
         time.sleep(0.02)
         return True
@@ -336,6 +337,7 @@ class Subscriber:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
+            heartbeat.beat()
         time.sleep(0.02)  # the subscription follows the handshake
         return True
 

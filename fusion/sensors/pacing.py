@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 
+from fusion.runtime import heartbeat
 from fusion.wire.messages import Message, restamp
 
 
@@ -57,7 +58,7 @@ class Pacer:
             self.skipped += 1
             return None
         if due > now:
-            time.sleep((due - now) / 1e9)
+            heartbeat.sleep((due - now) / 1e9)  # a wait for the epoch may last seconds
             now = time.monotonic_ns()
         return now
 
