@@ -21,7 +21,7 @@ import numpy as np
 
 from fusion import viz
 from fusion.core.ratelog import RateLimitedLog
-from fusion.errors import ImageError
+from fusion.errors import CalibrationError, ImageError
 from fusion.perception.geometry import CameraModel
 from fusion.perception.image import camera_image
 from fusion.runtime import node
@@ -63,7 +63,11 @@ class Viewer:
         elif topic == "radar":
             self.radar_points = msg.points
         elif topic == "calibration" and msg.sensor_id == self.sensor_id:
-            self.camera = CameraModel.from_calibration(msg)
+            try:
+                self.camera = CameraModel.from_calibration(msg)
+            except CalibrationError as exc:  # not a camera: keep the last good one
+                self.rejected["bad_calibration"] += 1
+                self._log.warning("bad_calibration", str(exc))
         elif topic == "detections":
             return self.render(msg)
         return None

@@ -3,7 +3,8 @@
 Each case is made from a small valid recording by one kind of harm (`KINDS`): random byte
 mutations, truncations, sparse holes of gigabytes (in the middle, at the end, or all but the
 magic), huge declared lengths and sizes, footers that lie, chunks that decompress to gigabytes
-(zstd of zeros, lz4 without a size, millions of tiny valid messages), and summaries whose indexes
+(zstd of zeros, lz4 without a size, millions of tiny valid messages), floods of metadata
+records, and summaries whose indexes
 name unknown channels or point at the wrong places. `check` runs, in a fresh process per file,
 ``fusion info``, ``fusion info --verify``, ``fusion recover`` and a full read of the messages,
 and reports what each did: exit status, CPU seconds, peak resident memory, and whether anything
@@ -231,6 +232,17 @@ def tiny_messages(rng: random.Random, data: bytes, _dir: Path) -> bytes:
     return head + chunk_record(payload, len(plain), "zstd", t=10**9) * rng.choice((10, 40))
 
 
+def definitions_flood(rng: random.Random, data: bytes, _dir: Path) -> bytes:
+    """Hundreds of thousands of tiny metadata (or channel) records: the tables stay bounded."""
+    head, _ = head_with_channel(data)
+    records = []
+    for i in range(200_000):
+        name = f"m{i}".encode()
+        body = struct.pack("<I", len(name)) + name + struct.pack("<I", 0)  # an empty map
+        records.append(_RECORD.pack(Opcode.METADATA, len(body)) + body)
+    return head + b"".join(records) + data[len(head) :]
+
+
 def hole_middle(rng: random.Random, data: bytes, folder: Path) -> Path:
     """A sparse hole of gigabytes inserted at a record boundary (or anywhere)."""
     spans = chunk_offsets(data)
@@ -335,6 +347,7 @@ KINDS: dict[str, Callable[[random.Random, bytes, Path], bytes | Path]] = {
     "zstd_bomb_huge": zstd_bomb_huge,
     "lz4_bomb": lz4_bomb,
     "tiny_messages": tiny_messages,
+    "definitions_flood": definitions_flood,
     "hole_middle": hole_middle,
     "hole_end": hole_end,
     "hole_only": hole_only,

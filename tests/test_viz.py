@@ -108,7 +108,10 @@ def test_viewer_counts_what_it_cannot_trust_and_goes_on() -> None:
     assert viewer.update("calibration", bad) is None and viewer.camera is None
     lying = CameraFrame(image=np.zeros((H, W, 3), np.uint8), width_px=W * 100, height_px=H)
     assert viewer.update("camera", lying) is None
-    assert viewer.rejected == {"bad_calibration": 1, "bad_image": 1}
+    not_a_camera = calibration()
+    not_a_camera.intrinsics, not_a_camera.width_px, not_a_camera.height_px = np.zeros((3, 3)), 0, 0
+    assert viewer.update("calibration", not_a_camera) is None
+    assert viewer.rejected == {"bad_calibration": 2, "bad_image": 1}
     viewer.update("calibration", calibration())
     viewer.update("camera", CameraFrame(image=np.zeros((H, W, 3), np.uint8), seq=1))
     picture = viewer.update("detections", Detections(objects=one_car(), source_seqs={"camera": 1}))

@@ -67,6 +67,9 @@ PREFETCH_BYTES = 256 << 20
 PREFETCH_CHUNKS = 4
 #: Damaged places remembered in detail (all are counted).
 MAX_DAMAGES_KEPT = 64
+#: Schemas and channels a recording may define, in all; and its metadata records.
+MAX_DEFINITIONS = 4096
+MAX_METADATA_RECORDS = 1024
 #: Bytes searched at a time for the next chunk record after damage.
 RESYNC_BLOCK_BYTES = 4 << 20
 
@@ -179,7 +182,7 @@ def read_metadata(body: bytes | memoryview) -> Metadata:
     return Metadata.read(ReadDataStream(io.BytesIO(bytes(body))))
 
 
-@dataclass
+@dataclass(slots=True)
 class Chunk:
     """One chunk record: where it is and what it holds, as far as known before reading it."""
 
@@ -192,8 +195,12 @@ class Chunk:
     channel_ids: frozenset[int] | None = None
     #: channel id -> log times of its messages, once known
     log_times: dict[int, np.ndarray] | None = None
-    #: channel id -> offset of its message index record (from a trusted summary)
+    #: channel id -> offset of its message index record, and the bytes of those records after
+    #: the chunk (from a summary)
     message_indexes: dict[int, int] = field(default_factory=dict)
+    index_bytes: int = 0
+    #: the compression its index names (from a summary)
+    compression: str = ""
     #: None until it has been read; then whether it was intact
     intact: bool | None = field(default=None, compare=False)
 
@@ -318,6 +325,10 @@ class ChunkedRecording:
                     body = self.file.read(offset + RECORD.size, length)
                     if opcode == Opcode.METADATA:
                         record = read_metadata(body)
+                        if record.name not in self.metadata and (
+                            len(self.metadata) >= MAX_METADATA_RECORDS
+                        ):
+                            raise ValueError(f"more than {MAX_METADATA_RECORDS} metadata records")
                         self.metadata[record.name] = dict(record.metadata)
                     else:
                         self._register(read_schema_or_channel(opcode, body))
@@ -374,10 +385,10 @@ class ChunkedRecording:
         )
 
     def _register(self, record: Schema | Channel) -> None:
-        if isinstance(record, Schema):
-            self.schemas[record.id] = record
-        else:
-            self.channels[record.id] = record
+        table: dict = self.schemas if isinstance(record, Schema) else self.channels
+        if record.id not in table and len(self.schemas) + len(self.channels) >= MAX_DEFINITIONS:
+            raise ValueError(f"more than {MAX_DEFINITIONS} schema and channel records")
+        table[record.id] = record
 
     # -- chunks --------------------------------------------------------------------------------
 

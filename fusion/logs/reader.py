@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from mcap.data_stream import ReadDataStream
 from mcap.opcode import Opcode
-from mcap.records import Channel, ChunkIndex, MetadataIndex, Schema
+from mcap.records import Channel, MetadataIndex, Schema
 
 from fusion.errors import CorruptRecordingError, RecordingError
 from fusion.logs._scan import (
@@ -39,6 +39,7 @@ from fusion.logs._scan import (
     MAGIC,
     MAX_CHUNK_BYTES,
     MAX_CHUNK_RECORD_BYTES,
+    MAX_METADATA_RECORDS,
     MAX_SMALL_RECORD_BYTES,
     MAX_SUMMARY_BYTES,
     RECORD,
@@ -59,6 +60,11 @@ log = logging.getLogger(__name__)
 __all__ = ["MAX_SUMMARY_BYTES", "RecordedMessage", "RecordingReader", "recorded_messages"]
 
 _U16_U32 = struct.Struct("<HI")  # a message index: channel id, byte length of its entries
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+#: A chunk index: message start, end, chunk offset, chunk length, bytes of the channel map.
+_CHUNK_INDEX_HEAD = struct.Struct("<QQQQI")
+_INDEX_OFFSET = np.dtype([("channel", "<u2"), ("offset", "<u8")])
 _INDEX_ENTRY = np.dtype([("log_time", "<u8"), ("offset", "<u8")])
 _SUMMARY_OPCODES = frozenset(int(op) for op in Opcode) - {Opcode.CHUNK, Opcode.MESSAGE}
 
@@ -129,7 +135,7 @@ class RecordingReader:
         )
         schemas: dict[int, Schema] = {}
         channels: dict[int, Channel] = {}
-        indexes: list[ChunkIndex] = []
+        indexes: list[memoryview] = []
         metadata_indexes: list[MetadataIndex] = []
         try:
             for opcode, body in iter_records(summary, _SUMMARY_OPCODES):
@@ -137,14 +143,24 @@ class RecordingReader:
                     record = read_schema_or_channel(opcode, body)
                     (schemas if opcode == Opcode.SCHEMA else channels)[record.id] = record
                 elif opcode == Opcode.CHUNK_INDEX:
-                    indexes.append(ChunkIndex.read(ReadDataStream(io.BytesIO(bytes(body)))))
+                    indexes.append(body)
                 elif opcode == Opcode.METADATA_INDEX:
+                    if len(metadata_indexes) == MAX_METADATA_RECORDS:
+                        raise ValueError(f"more than {MAX_METADATA_RECORDS} metadata records")
                     stream = ReadDataStream(io.BytesIO(bytes(body)))
                     metadata_indexes.append(MetadataIndex.read(stream))
         except Exception as exc:  # any parse failure: do not trust the index
             raise _Untrusted(f"the summary section cannot be parsed ({exc})") from exc
         self._summary_schemas, self._summary_channels = schemas, channels
-        chunks = [self._checked_chunk(index, channels) for index in indexes]
+        chunks: list[Chunk] = []
+        for body in indexes:
+            chunk = self._checked_chunk(body, channels)
+            if (
+                chunks
+                and chunk.offset < chunks[-1].offset + chunks[-1].length + chunks[-1].index_bytes
+            ):
+                raise _Untrusted(f"chunk indexes overlap or are out of order ({chunk.offset})")
+            chunks.append(chunk)
         metadata = {}
         for index in metadata_indexes:
             if not (index.offset >= 8 and index.offset + index.length <= self._summary_start):
@@ -165,25 +181,29 @@ class RecordingReader:
                 raise _Untrusted(f"channel {channel.id} names unknown schema {channel.schema_id}")
         return chunks, schemas, channels, metadata
 
-    def _checked_chunk(self, index: ChunkIndex, channels: dict[int, Channel]) -> Chunk:
-        """The chunk an index entry names, once the file agrees with it."""
-        offset, length = index.chunk_start_offset, index.chunk_length
-        if not (offset >= 8 and offset + length <= self._summary_start):
+    def _checked_chunk(self, body: memoryview, channels: dict[int, Channel]) -> Chunk:
+        """The chunk a chunk index record names, once the file agrees with it."""
+        try:
+            index = _parse_chunk_index(body)
+        except (struct.error, ValueError) as exc:
+            raise _Untrusted(f"a chunk index cannot be parsed ({exc})") from exc
+        offset, length = index.offset, index.length
+        data_end = self._summary_start
+        if not (offset >= 8 and offset + length + index.index_bytes <= data_end):
             raise _Untrusted(f"a chunk index points outside the data section ({offset})")
-        if length > MAX_CHUNK_RECORD_BYTES or index.uncompressed_size > MAX_CHUNK_BYTES:
+        if length > MAX_CHUNK_RECORD_BYTES or index.uncompressed_bytes > MAX_CHUNK_BYTES:
             raise _Untrusted(f"the chunk at {offset} is over the size limits")
         if index.compression not in COMPRESSIONS:
             raise _Untrusted(f"the chunk at {offset} has compression {index.compression!r:.40}")
-        if index.message_start_time > index.message_end_time:
+        if index.start_ns > index.end_ns:
             raise _Untrusted(f"the chunk at {offset} ends before it starts")
-        unknown = set(index.message_index_offsets) - set(channels)
+        unknown = set(index.message_indexes) - set(channels)
         if unknown:
-            raise _Untrusted(
-                f"the chunk index at {offset} names unknown channels {sorted(unknown)[:5]}"
-            )
-        for message_index in index.message_index_offsets.values():
-            if not (offset + length <= message_index < self._summary_start):
-                raise _Untrusted(f"a message index of the chunk at {offset} is outside the data")
+            raise _Untrusted(f"the chunk index at {offset} names unknown channels {min(unknown)}")
+        index_end = offset + length + index.index_bytes
+        for message_index in index.message_indexes.values():
+            if not (offset + length <= message_index < index_end):
+                raise _Untrusted(f"a message index of the chunk at {offset} is outside its place")
         head = self._file.read(offset, RECORD.size + 8 * 3 + 4 + 4 + 4)
         if len(head) < RECORD.size + 36:
             raise _Untrusted(f"no chunk record at {offset}")
@@ -194,19 +214,11 @@ class RecordingReader:
         if (
             opcode != Opcode.CHUNK
             or RECORD.size + body_length != length
-            or size != index.uncompressed_size
+            or size != index.uncompressed_bytes
             or name.decode(errors="replace") != index.compression
         ):
             raise _Untrusted(f"the chunk record at {offset} disagrees with its index")
-        return Chunk(
-            offset,
-            length,
-            start_ns=index.message_start_time,
-            end_ns=index.message_end_time,
-            uncompressed_bytes=index.uncompressed_size,
-            channel_ids=frozenset(index.message_index_offsets) or None,
-            message_indexes=dict(index.message_index_offsets),
-        )
+        return index
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -281,38 +293,21 @@ class RecordingReader:
         )
 
     def _indexed_log_times(self) -> dict[int, np.ndarray] | None:
-        """Channel id -> sorted log times from the message index after each chunk; None when a
-        chunk has no message index or one does not check (then the chunks are read)."""
+        """Channel id -> sorted log times from the message index records after each chunk
+        (read in one piece per chunk; nothing is decompressed); None when a chunk has none or
+        they do not check (then the chunks are read)."""
         parts: dict[int, list[np.ndarray]] = {}
         for chunk in self._chunks.chunks:
             if not chunk.message_indexes:
                 return None
-            for channel_id, offset in chunk.message_indexes.items():
-                found = self._message_index(channel_id, offset)
-                if found is None:
-                    log.warning("%s: a message index does not check; reading the chunks", self.path)
-                    return None
-                parts.setdefault(channel_id, []).append(found)
+            block = memoryview(self._file.read(chunk.offset + chunk.length, chunk.index_bytes))
+            try:
+                for channel_id, times in _message_index_records(block, chunk.message_indexes):
+                    parts.setdefault(channel_id, []).append(times)
+            except ValueError as exc:
+                log.warning("%s: %s; reading the chunks", self.path, exc)
+                return None
         return {cid: np.sort(np.concatenate(ts)) for cid, ts in parts.items()}
-
-    def _message_index(self, channel_id: int, offset: int) -> np.ndarray | None:
-        """The log times in the message index record at `offset`, or None if it does not
-        check (bounded by the data section)."""
-        head = self._file.read(offset, RECORD.size + _U16_U32.size)
-        if len(head) < RECORD.size + _U16_U32.size:
-            return None
-        opcode, length = RECORD.unpack_from(head)
-        cid, entries_length = _U16_U32.unpack_from(head, RECORD.size)
-        if (
-            opcode != Opcode.MESSAGE_INDEX
-            or cid != channel_id
-            or entries_length != length - _U16_U32.size
-            or entries_length % _INDEX_ENTRY.itemsize
-            or offset + RECORD.size + length > self._summary_start
-        ):
-            return None
-        raw = self._file.read(offset + RECORD.size + _U16_U32.size, entries_length)
-        return np.frombuffer(raw, _INDEX_ENTRY)["log_time"].astype(np.int64)
 
     def close(self) -> None:
         self._chunks.close()
@@ -323,6 +318,50 @@ class RecordingReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _parse_chunk_index(body: memoryview) -> Chunk:
+    """A chunk index record's body as a `Chunk` (struct, not `mcap.records`: a summary may hold
+    hundreds of thousands of them)."""
+    start_ns, end_ns, offset, length, map_bytes = _CHUNK_INDEX_HEAD.unpack_from(body)
+    pos = _CHUNK_INDEX_HEAD.size
+    if map_bytes % _INDEX_OFFSET.itemsize or pos + map_bytes > len(body):
+        raise ValueError(f"message index map of {map_bytes} bytes")
+    pairs = np.frombuffer(body[pos : pos + map_bytes], _INDEX_OFFSET)
+    pos += map_bytes
+    (index_bytes,) = _U64.unpack_from(body, pos)
+    (name_length,) = _U32.unpack_from(body, pos + 8)
+    name = bytes(body[pos + 12 : pos + 12 + min(name_length, 16)]).decode(errors="replace")
+    _, uncompressed = struct.unpack_from("<QQ", body, pos + 12 + name_length)
+    return Chunk(
+        int(offset),
+        int(length),
+        start_ns=int(start_ns),
+        end_ns=int(end_ns),
+        uncompressed_bytes=int(uncompressed),
+        channel_ids=frozenset(pairs["channel"].tolist()) or None,
+        message_indexes={
+            int(c): int(o) for c, o in zip(pairs["channel"], pairs["offset"], strict=True)
+        },
+        index_bytes=int(index_bytes),
+        compression=name,
+    )
+
+
+def _message_index_records(block: memoryview, expected: dict[int, int]):
+    """(channel id, log times) of the message index records in `block` (the bytes after a
+    chunk); ValueError unless there is exactly one per channel of `expected` (channel id ->
+    offset, from the chunk's index)."""
+    found: dict[int, int] = {}
+    for _, body in iter_records(block, frozenset((Opcode.MESSAGE_INDEX,))):
+        channel_id, entries_length = _U16_U32.unpack_from(body)
+        if entries_length != len(body) - _U16_U32.size or entries_length % _INDEX_ENTRY.itemsize:
+            raise ValueError(f"a message index of channel {channel_id} is malformed")
+        found[channel_id] = found.get(channel_id, 0) + 1
+        entries = np.frombuffer(body[_U16_U32.size :], _INDEX_ENTRY)
+        yield channel_id, entries["log_time"].astype(np.int64)
+    if set(found) != set(expected) or any(n != 1 for n in found.values()):
+        raise ValueError("the message indexes after a chunk do not match its index")
 
 
 def recorded_messages(
