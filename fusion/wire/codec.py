@@ -81,7 +81,9 @@ def encode(topic: str, msg: Message) -> list[Frame]:
         )
     fields = {}
     for name, check in _field_checkers(cls).items():
-        value = _plain(getattr(msg, name))
+        value = getattr(msg, name)
+        if not check(value):  # numpy scalars (also in maps) become Python ones, then checked
+            value = _plain(value)
         if not check(value):
             hint = _scalar_fields(cls)[name]
             raise EncodeError(f"cannot encode {cls.__name__}.{name}: {value!r:.80} is not {hint}")
