@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-load bench lint clean-venv
+.PHONY: demo test test-load fuzz bench lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,18 @@ test: $(STAMP)
 # they must wait on events with generous deadlines, never on fixed sleeps or tight ratios.
 test-load: $(STAMP)
 	$(PY) -m pytest -q -m slow --busy-cores 2
+# The long fuzz runs (make test runs each briefly, ~1 min in all): hypothesis sequences of
+# messages valid on the wire and hostile in meaning through the fusion node's logic and a real
+# model (FUZZ_EXAMPLES), hostile recordings against the reader (FUZZ_RECORDINGS, every kind in
+# turn), and FUZZ_MESSAGES hostile messages at a running fusion node and recorder. ~30 min.
+FUZZ_EXAMPLES := 2000
+FUZZ_RECORDINGS := 300
+FUZZ_MESSAGES := 1000000
+fuzz: $(STAMP)
+	FUSION_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider --timeout=7200 \
+		tests/test_hostile_fuzz.py
+	$(PY) -m tests.recording_fuzz --cases $(FUZZ_RECORDINGS) --seed 1
+	$(PY) -m tests.hostile_flood --messages $(FUZZ_MESSAGES) --seed 1
 
 # make bench [BASELINE=.benchmarks/.../0001_x.json] also compares each benchmark with that saved
 # run (pytest-benchmark's --benchmark-compare) and fails when one is slower by more than

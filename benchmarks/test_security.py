@@ -26,26 +26,30 @@ PAYLOADS = {
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> CurveConfig:
-    folder: Path = tmp_path_factory.mktemp("keys")
-    security.write_keypair(folder, "server")
-    public, _ = security.write_keypair(folder, "client")
-    (folder / "authorized").mkdir()
-    (folder / "authorized" / public.name).write_bytes(public.read_bytes())
-    return CurveConfig(folder)
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> tuple[CurveConfig, CurveConfig]:
+    """A publisher's and a subscriber's host folders, each listing the other."""
+    folders: list[Path] = [tmp_path_factory.mktemp(name) for name in ("pub", "sub")]
+    for folder in folders:
+        security.write_keypair(folder, security.DEFAULT_IDENTITY)
+    for folder, peer in zip(folders, reversed(folders), strict=True):
+        line = security.line_for(peer / f"{security.DEFAULT_IDENTITY}.key", "127.0.0.1")
+        (folder / security.AUTHORIZED_KEYS).write_text(line + "\n")
+    return CurveConfig(folders[0]), CurveConfig(folders[1])
 
 
 @pytest.mark.parametrize("mode", ["plain", "curve"])
 @pytest.mark.parametrize("payload", list(PAYLOADS))
-def test_curve_overhead(benchmark, ratios, keys: CurveConfig, payload: str, mode: str) -> None:
+def test_curve_overhead(
+    benchmark, ratios, hosts: tuple[CurveConfig, CurveConfig], payload: str, mode: str
+) -> None:
     topic, make = PAYLOADS[payload]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    curve = keys if mode == "curve" else None
+    pub_keys, sub_keys = hosts if mode == "curve" else (None, None)
     with (
-        Publisher(topic, url, curve=curve) as pub,
-        Subscriber(topic, url, latest_only=False, curve=curve) as sub,
+        Publisher(topic, url, curve=pub_keys) as pub,
+        Subscriber(topic, url, latest_only=False, curve=sub_keys) as sub,
     ):
         assert pub.wait_for_subscribers(1, 5)
         msg = make()

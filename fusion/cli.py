@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fusion.learn.cli:train", "train the fusion model"),
     "eval": ("fusion.learn.cli:eval", "evaluate a model on a recording"),
     "launch": ("fusion.runtime.launch", "start a node graph from YAML"),
-    "keys": ("fusion.runtime.security", "make CurveZMQ key pairs"),
+    "keys": ("fusion.runtime.security", "make this host's CurveZMQ keys; authorise peers"),
 }
 
 

@@ -14,7 +14,15 @@ class FusionError(Exception):
 
 
 class DecodeError(FusionError):
-    """A wire message was malformed: wrong frame count, bad header, bad buffer, wrong types."""
+    """A wire message was malformed: wrong frame count, bad header, bad buffer, wrong types.
+
+    `reason` names the part at fault in one word (``frames``, ``topic``, ``header``,
+    ``version``, ``type``, ``fields``, ``buffers``, ``rules``, ``topic_type``), so a receiver
+    can count rejections by reason; the message says exactly what was wrong."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class EncodeError(FusionError):

@@ -13,19 +13,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from fusion import viz
-from fusion.errors import ImageError
+from fusion.core.ratelog import RateLimitedLog
+from fusion.errors import CalibrationError, ImageError
 from fusion.perception.geometry import CameraModel
 from fusion.perception.image import camera_image
 from fusion.runtime import node
 from fusion.runtime.transport import Subscriber
-from fusion.wire import services
+from fusion.wire import services, validate
 from fusion.wire.messages import CameraFrame, Detections
 
 log = logging.getLogger("viewer")
@@ -46,8 +47,15 @@ class Viewer:
         self.radar_points: np.ndarray | None = None
         self.unmatched = 0
         self.unreadable = 0  # frames whose image could not be read
+        self.rejected: Counter[str] = Counter()  # inputs that cannot be trusted, by reason
+        self._log = RateLimitedLog(log)
 
     def update(self, topic: str, msg) -> np.ndarray | None:
+        rejection = validate.problem(msg, check_stamps=False)  # it draws, it does not sync
+        if rejection is not None:
+            self.rejected[rejection.reason] += 1
+            self._log.warning(rejection.reason, rejection.message)
+            return None
         if topic == "camera":
             self.frames[msg.seq] = msg
             while len(self.frames) > CAMERA_BUFFER:
@@ -55,7 +63,11 @@ class Viewer:
         elif topic == "radar":
             self.radar_points = msg.points
         elif topic == "calibration" and msg.sensor_id == self.sensor_id:
-            self.camera = CameraModel.from_calibration(msg)
+            try:
+                self.camera = CameraModel.from_calibration(msg)
+            except CalibrationError as exc:  # not a camera: keep the last good one
+                self.rejected["bad_calibration"] += 1
+                self._log.warning("bad_calibration", str(exc))
         elif topic == "detections":
             return self.render(msg)
         return None
@@ -136,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         sink.close()
         inputs.close()
     log.info(
-        "viewer: %d pictures to %s (%d detections without their frame, %d unreadable frames)",
+        "viewer: %d pictures to %s (%d detections without their frame, %d unreadable frames, "
+        "rejected %s)",
         sink.frames,
         args.output,
         viewer.unmatched,
         viewer.unreadable,
+        dict(viewer.rejected),
     )
     return 0
 

@@ -28,6 +28,7 @@ from fusion.wire.messages import (
     RadarScan,
     ReplayControl,
 )
+from fusion.wire.services import SERVICES
 
 int64s = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 texts = st.text(max_size=20)
@@ -48,21 +49,26 @@ def structured(dtype: np.dtype) -> st.SearchStrategy[np.ndarray]:
     return hnp.arrays(dtype, st.integers(0, 50))
 
 
-images = st.one_of(
-    hnp.arrays(np.uint8, st.tuples(st.integers(0, 16), st.integers(0, 16), st.just(3))),
-    hnp.arrays(np.uint8, st.tuples(st.integers(0, 16), st.integers(0, 16))),
-    hnp.arrays(np.uint8, st.integers(0, 300)),
-)
+#: The image shapes docs/wire-format.md allows per encoding.
+IMAGES = {
+    "bgr8": hnp.arrays(np.uint8, st.tuples(st.integers(0, 16), st.integers(0, 16), st.just(3))),
+    "rgb8": hnp.arrays(np.uint8, st.tuples(st.integers(0, 16), st.integers(0, 16), st.just(3))),
+    "mono8": hnp.arrays(np.uint8, st.tuples(st.integers(0, 16), st.integers(0, 16))),
+    "jpeg": hnp.arrays(np.uint8, st.integers(0, 300)),
+}
 
 STRATEGIES = {
-    CameraFrame: st.builds(
-        CameraFrame,
-        image=images,
-        encoding=st.sampled_from(["bgr8", "rgb8", "mono8", "jpeg"]),
-        width_px=st.integers(0, 10000),
-        height_px=st.integers(0, 10000),
-        exposure_us=st.integers(0, 10**6),
-        **header_fields(),
+    CameraFrame: st.one_of(
+        st.builds(
+            CameraFrame,
+            image=image,
+            encoding=st.just(encoding),
+            width_px=st.integers(0, 10000),
+            height_px=st.integers(0, 10000),
+            exposure_us=st.integers(0, 10**6),
+            **header_fields(),
+        )
+        for encoding, image in IMAGES.items()
     ),
     RadarScan: st.builds(
         RadarScan, points=structured(RADAR_POINT_DTYPE), scan_period_ns=int64s, **header_fields()
@@ -127,8 +133,14 @@ def assert_same(a: Message, b: Message) -> None:
 
 @pytest.mark.parametrize("cls", list(STRATEGIES), ids=lambda c: c.__name__)
 def test_round_trip(cls: type[Message]) -> None:
+    registered = [t for t, s in SERVICES.items() if s.message_type is cls]
+    topics = st.one_of(
+        st.sampled_from(registered),
+        st.text(min_size=1, max_size=30).filter(lambda t: t not in SERVICES),
+    )
+
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(STRATEGIES[cls], st.text(min_size=1, max_size=30))
+    @given(STRATEGIES[cls], topics)
     def check(msg: Message, topic: str) -> None:
         frames = codec.encode(topic, msg)
         got_topic, got = codec.decode([bytes(f) for f in frames])
@@ -162,11 +174,34 @@ def test_non_contiguous_arrays_are_encoded() -> None:
         (RadarScan(points=np.zeros((3, 2), RADAR_POINT_DTYPE)), "dims"),
         (CameraFrame(image=np.zeros((2, 2), np.float32)), "dtype"),
         (Detections(objects=np.zeros(1, DETECTION_DTYPE), health={"x": object()}), "cannot encode"),
+        (CameraFrame(image=np.zeros((2, 2), np.uint8), encoding="bgr8"), "does not fit"),
+        (CameraFrame(image=np.zeros((2, 2, 3), np.uint8), encoding="bgra"), "encoding"),
+        (Detections(objects=np.zeros(0, DETECTION_DTYPE), mode="guess"), "mode"),
+        (EgoMotion(seq=2**63), "cannot encode"),
+        (EgoMotion(clock="gps"), "clock"),
     ],
 )
 def test_encode_rejects_wrong_payloads(msg: Message, match: str) -> None:
     with pytest.raises(EncodeError, match=match):
         codec.encode("t", msg)
+
+
+def test_encode_refuses_a_type_on_another_types_topic() -> None:
+    with pytest.raises(EncodeError, match="carries CameraFrame"):
+        codec.encode("camera", EgoMotion())
+
+
+def test_decode_errors_name_their_reason() -> None:
+    reasons = {}
+    for name, frames, _ in MALFORMED:
+        with pytest.raises(DecodeError) as info:
+            codec.decode(frames)
+        reasons[name] = info.value.reason
+    assert reasons["empty"] == "frames" and reasons["topic too long"] == "topic"
+    assert reasons["version 1.0"] == "version" and reasons["unknown type"] == "type"
+    assert reasons["seq above int64"] == "fields" and reasons["truncated buffer"] == "buffers"
+    assert reasons["duplicate field"] == "header" and reasons["bgr8 of 2 dims"] == "rules"
+    assert reasons["type not the topic's"] == "topic_type"
 
 
 def _good() -> list[bytes]:
@@ -188,6 +223,47 @@ def _fields(**changes) -> bytes:
 
 def _buffers(spec) -> bytes:
     return _header(buffers=spec)
+
+
+def _duplicate_key(path: tuple[str, ...], key: str, value: object) -> bytes:
+    """The good header with `key` written a second time (value `value`) in the map at `path`."""
+
+    def pack(obj: object, at: tuple[str, ...]) -> bytes:
+        if not isinstance(obj, dict):
+            return msgpack.packb(obj)
+        items = list(obj.items()) + ([(key, value)] if at == path else [])
+        out = bytearray(msgpack.Packer().pack_map_header(len(items)))
+        for k, v in items:
+            out += msgpack.packb(k) + pack(v, (*at, k))
+        return bytes(out)
+
+    return pack(msgpack.unpackb(_good()[1]), ())
+
+
+def _other(msg: Message, topic: str) -> list[bytes]:
+    return [bytes(f) for f in codec.encode(topic, msg)]
+
+
+def _mislabelled(topic: str, msg: Message) -> list[bytes]:
+    """`msg` encoded on a topic the registry does not give its type (the encoder refuses)."""
+    frames = _other(msg, "elsewhere")
+    return [topic.encode(), *frames[1:]]
+
+
+def _lying_camera(image: np.ndarray, encoding: str) -> list[bytes]:
+    frames = _other(CameraFrame(image=image.reshape(-1), encoding="jpeg"), "camera")
+    header = msgpack.unpackb(frames[1])
+    header["fields"]["encoding"] = encoding
+    header["buffers"][0][2] = list(image.shape)
+    return [frames[0], msgpack.packb(header), *frames[2:]]
+
+
+def _lying_calibration() -> list[bytes]:
+    calib = Calibration(sensor_to_ref=np.eye(4), intrinsics=np.eye(3), distortion=np.zeros(5))
+    frames = _other(calib, "calibration")
+    header = msgpack.unpackb(frames[1])
+    header["buffers"][0][2], header["buffers"][1][2] = [2, 8], [3, 3]
+    return [frames[0], msgpack.packb(header), *frames[2:]]
 
 
 GOOD = _good()
@@ -228,6 +304,30 @@ MALFORMED = [
     ("topic too long", [b"t" * 1000, *GOOD[1:]], "topic"),
     ("header too long", [GOOD[0], b"\x00" * (codec.MAX_HEADER_BYTES + 1), GOOD[2]], "header"),
     ("frame not bytes", [GOOD[0], GOOD[1], 12], "bytes-like"),
+    # What docs/wire-format.md states beyond types: v is the integer 1, ints are signed 64-bit,
+    # no map repeats a key, enumerations and shapes per type, one type per registered topic.
+    ("version 1.0", [GOOD[0], _header(v=1.0), GOOD[2]], "schema version"),
+    ("version true", [GOOD[0], _header(v=True), GOOD[2]], "schema version"),
+    ("seq above int64", [GOOD[0], _fields(seq=2**64 - 1), GOOD[2]], "outside signed 64-bit"),
+    ("trace above int64", [GOOD[0], _fields(trace={"a": 2**63}), GOOD[2]], "trace"),
+    ("duplicate header key", [GOOD[0], _duplicate_key((), "v", 1), GOOD[2]], "repeats"),
+    (
+        "duplicate field",
+        [GOOD[0], _duplicate_key(("fields",), "seq", 9), GOOD[2]],
+        "repeats",
+    ),
+    ("unknown clock", [GOOD[0], _fields(clock="gps"), GOOD[2]], "clock"),
+    (
+        "type not the topic's",
+        _mislabelled("camera", RadarScan(points=np.zeros(0, RADAR_POINT_DTYPE))),
+        "carries",
+    ),
+    ("bgr8 of 2 dims", _lying_camera(np.zeros((4, 4), np.uint8), "bgr8"), "does not fit"),
+    ("jpeg of 3 dims", _lying_camera(np.zeros((4, 4, 3), np.uint8), "jpeg"), "does not fit"),
+    ("mono8 of 3 dims", _lying_camera(np.zeros((4, 4, 3), np.uint8), "mono8"), "does not fit"),
+    ("rgb8 of 4 channels", _lying_camera(np.zeros((4, 4, 4), np.uint8), "rgb8"), "does not fit"),
+    ("unknown encoding", _lying_camera(np.zeros((4, 4, 3), np.uint8), "yuv422"), "encoding"),
+    ("calibration 2x8", _lying_calibration(), "4x4"),
 ]
 
 

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import msgpack
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from fusion.errors import DecodeError
 from fusion.logs.reader import RecordingReader
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import codec, services
-from fusion.wire.messages import CameraFrame, Detections
+from fusion.wire.messages import CameraFrame, Detections, EgoMotion
 from tests import nodeproc as npc
 
 MALFORMED = 100_000
@@ -248,13 +249,47 @@ def test_fuzzed_messages_are_counted_and_valid_ones_still_processed(tmp_path: Pa
     assert written == sent_valid, (written, sent_valid)
 
 
+def jpeg_claiming(width_px: int, height_px: int) -> np.ndarray:
+    """A small valid JPEG whose frame header says `width_px` x `height_px`."""
+    ok, data = cv2.imencode(".jpg", np.zeros((npc.H, npc.W, 3), np.uint8))
+    assert ok
+    data = data.reshape(-1).copy()
+    sof = next(i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xC0)
+    data[sof + 5 : sof + 9] = [height_px >> 8, height_px & 255, width_px >> 8, width_px & 255]
+    return data
+
+
+def lying_camera_frames(seq: int, image: np.ndarray, encoding: str) -> list[bytes]:
+    """Wire frames of a camera frame whose image shape does not fit its encoding (our encoder
+    refuses to make them; a foreign client can)."""
+    frames = codec.encode(
+        "camera",
+        CameraFrame(
+            image=image.reshape(-1),
+            encoding="jpeg",
+            seq=seq,
+            capture_ns=time.monotonic_ns(),
+            sensor_id="camera_front",
+        ),
+    )
+    header = msgpack.unpackb(bytes(frames[1]))
+    header["fields"]["encoding"] = encoding
+    header["buffers"][0][2] = list(image.shape)
+    return [bytes(frames[0]), msgpack.packb(header), bytes(frames[2])]
+
+
 @pytest.mark.slow
 def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_path) -> None:
-    """Calibration that is NaN or not a rotation, images of the wrong size or encoding, radar
-    with NaN/inf points or 10^6 points: dropped and counted by reason, the node keeps the last
-    good calibration and goes on answering valid frames."""
+    """Calibration that is NaN, not a rotation, a pinhole that divides by zero or an absurd
+    image size; images of the wrong size, or whose JPEG header disagrees with the declared size
+    or claims 60000 x 60000 pixels; radar with NaN/inf points, only NaN points or 10^6 points;
+    NaN ego speed; a frame stamped an hour ahead: dropped and counted by reason (all-NaN radar
+    gives a ``camera_only`` output that is not ``valid``), the node keeps the last good
+    calibration and goes on answering valid frames. Images whose shape does not fit their
+    encoding (4 channels, a 2-D bgr8, an unknown encoding) are malformed on the wire: rejected
+    by the camera input, by reason."""
     weights = npc.tiny_weights(tmp_path / "tiny.safetensors")
-    topics = ("calibration", "radar", "camera")
+    topics = ("calibration", "radar", "camera", "ego_motion")
     pubs = {t: Publisher(t) for t in topics}
     detections = Subscriber("detections", latest_only=False, queue_size=1000)
     log_path = tmp_path / "fusion.log"
@@ -269,32 +304,54 @@ def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_pa
     )
     answered: list = []
     seq = 0
+    valid_sent = 0
 
-    def valid_pair() -> None:
-        nonlocal seq
-        pubs["radar"].send(npc.radar_scan(seq))
-        pubs["camera"].send(npc.camera_frame(seq))
-        seq += 1
-        time.sleep(0.15)
+    def collect(wait_s: float = 0.15) -> None:
+        time.sleep(wait_s)
         while (d := detections.recv(0)) is not None:
             answered.append(d)
 
-    nan_calib, singular_calib = npc.calibration(), npc.calibration()
-    nan_calib.intrinsics = np.full((3, 3), np.nan)
-    singular_calib.sensor_to_ref = np.zeros((4, 4))
+    def valid_pair() -> None:
+        nonlocal seq, valid_sent
+        pubs["radar"].send(npc.radar_scan(seq))
+        pubs["camera"].send(npc.camera_frame(seq))
+        seq += 1
+        valid_sent += 1
+        collect()
+
+    bad_calibrations = [npc.calibration() for _ in range(4)]
+    bad_calibrations[0].intrinsics = np.full((3, 3), np.nan)
+    bad_calibrations[1].sensor_to_ref = np.zeros((4, 4))
+    bad_calibrations[2].intrinsics[2, 2] = 0.0  # the raster kernel divides by it
+    bad_calibrations[3].width_px = bad_calibrations[3].height_px = 2**31  # blank image: EiB
     nonfinite = npc.radar_scan(0)
     nonfinite.points["x"][:3] = [np.nan, np.inf, -np.inf]
     huge = npc.radar_scan(0, n_points=1_000_000)
     bad_frames = [
         CameraFrame(image=np.zeros((100, 100, 3), np.uint8)),  # not the calibrated aspect
-        CameraFrame(image=np.zeros((npc.H, npc.W, 4), np.uint8)),  # 4 channels
         CameraFrame(
             image=np.frombuffer(b"not a jpeg", np.uint8).copy(),
             encoding="jpeg",
             width_px=npc.W,
             height_px=npc.H,
         ),
-        CameraFrame(image=np.zeros((npc.H, npc.W), np.uint8), encoding="bgr8"),  # 2-D bgr
+        CameraFrame(
+            image=jpeg_claiming(npc.W * 2, npc.H * 2),
+            encoding="jpeg",
+            width_px=npc.W,
+            height_px=npc.H,
+        ),
+        CameraFrame(
+            image=jpeg_claiming(60000, 60000), encoding="jpeg", width_px=60000, height_px=60000
+        ),
+        CameraFrame(
+            image=np.zeros((npc.H, npc.W, 3), np.uint8), width_px=npc.W * 2, height_px=npc.H
+        ),
+    ]
+    malformed_frames = [
+        (np.zeros((npc.H, npc.W, 4), np.uint8), "bgr8"),  # 4 channels
+        (np.zeros((npc.H, npc.W), np.uint8), "bgr8"),  # 2-D bgr
+        (np.zeros((npc.H, npc.W, 3), np.uint8), "yuv422"),  # not an encoding
     ]
     try:
         for pub in pubs.values():
@@ -302,7 +359,7 @@ def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_pa
         pubs["calibration"].send(npc.calibration())
         for _ in range(3):
             valid_pair()
-        for calib in (nan_calib, singular_calib):
+        for calib in bad_calibrations:
             pubs["calibration"].send(calib)
             valid_pair()
         for bad in bad_frames:
@@ -310,14 +367,33 @@ def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_pa
             pubs["radar"].send(npc.radar_scan(seq))
             pubs["camera"].send(bad)
             seq += 1
-            time.sleep(0.15)
+            collect()
+            valid_pair()
+        for image, encoding in malformed_frames:
+            pubs["camera"].socket.send_multipart(lying_camera_frames(seq, image, encoding))
+            seq += 1
+            collect()
             valid_pair()
         for scan in (nonfinite, huge):
             scan.seq, scan.capture_ns = seq, time.monotonic_ns()
             seq += 1
             pubs["radar"].send(scan)
             valid_pair()
-        time.sleep(0.5)
+        all_nan = npc.radar_scan(seq, n_points=8)
+        all_nan.points["y"] = np.nan
+        pubs["radar"].send(all_nan)
+        pubs["camera"].send(npc.camera_frame(seq))  # its nearest scan is the all-NaN one
+        nan_frame_seq = seq
+        seq += 1
+        collect(0.3)
+        valid_pair()
+        pubs["ego_motion"].send(EgoMotion(speed_mps=float("nan"), capture_ns=time.monotonic_ns()))
+        valid_pair()
+        pubs["camera"].send(npc.camera_frame(seq, capture_ns=time.monotonic_ns() + 3600 * 10**9))
+        seq += 1
+        for _ in range(3):
+            valid_pair()
+        collect(0.5)
         while (d := detections.recv(100)) is not None:
             answered.append(d)
         assert fusion.poll() is None, log_path.read_text()
@@ -327,11 +403,20 @@ def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_pa
             pub.close()
         detections.close()
     counted = npc.pipeline_counters(text)
-    assert counted["bad_calibration"] == 2, counted
+    assert counted["bad_calibration"] == len(bad_calibrations), counted
     assert counted["bad_image"] == len(bad_frames), counted
     assert counted["radar_too_many_points"] == 1, counted
-    assert counted["radar_points_nonfinite"] == 3, counted
+    assert counted["radar_points_nonfinite"] == 3 + 8, counted
+    assert counted["radar_empty"] == 1, counted
+    assert counted["bad_ego_motion"] == 1 and counted["bad_stamp"] == 1, counted
+    camera = npc.input_counters(text)["camera"]
+    assert camera["rejected"] == len(malformed_frames), camera
+    assert camera["rejected_by"] == {"rules": len(malformed_frames)}, camera
+    # The frame matched with the all-NaN scan is answered, not fused and not valid.
+    (nan_answer,) = [d for d in answered if d.source_seqs.get("camera") == nan_frame_seq]
+    assert (nan_answer.mode, nan_answer.valid) == ("camera_only", False)
     # Valid frames sent after each bad input were still answered, with the good calibration.
     valid_seqs = {d.source_seqs.get("camera") for d in answered if d.valid}
-    assert len(valid_seqs) >= 0.8 * (seq - len(bad_frames) - 2), (sorted(valid_seqs), seq)
+    assert len(valid_seqs) >= 0.8 * valid_sent, (sorted(valid_seqs), valid_sent)
+    assert all(np.isfinite(d.objects["x"]).all() for d in answered)
     assert "Traceback" not in text

@@ -141,3 +141,99 @@ def test_finishing_node_ends_the_graph_and_logs_are_kept(tmp_path) -> None:
 def test_shipped_graphs_parse(path) -> None:
     graph = load_graph(path)
     assert graph.nodes and all(n.command for n in graph.nodes)
+
+
+HANGS_AFTER_A_SECOND = """
+import time
+from fusion.runtime import heartbeat
+end = time.monotonic() + 1.0
+while time.monotonic() < end:
+    heartbeat.beat()
+    time.sleep(0.05)
+time.sleep(600)  # hung: still there, no longer beating
+"""
+
+
+def test_a_node_that_stops_answering_is_killed_and_restarted(tmp_path) -> None:
+    """The watchdog: a node whose heartbeat stops (it hangs; it does not exit) is killed and
+    restarted, counted as a hang and shown in the status table; a node that never beat (a
+    plain command, or one still starting) is left alone."""
+    graph = parse_graph(
+        {
+            "nodes": [
+                {"name": "hangs", "command": py(HANGS_AFTER_A_SECOND), "watchdog_s": 1.0},
+                {"name": "quiet", "command": py("import time; time.sleep(60)"), "watchdog_s": 1},
+            ]
+        }
+    )
+    launcher = Launcher(graph, tmp_path)
+    launcher.start()
+    try:
+        deadline = time.monotonic() + 60
+        state = launcher.nodes["hangs"]
+        while not (state.hangs >= 1 and state.running and state.last_beat_ns is not None):
+            assert time.monotonic() < deadline, launcher.summary_rows()
+            launcher.supervise()
+            time.sleep(0.05)
+        rows = {row[0]: row for row in launcher.summary_rows()}
+        _, status, restarts, _, last_exit, beat, hangs = rows["hangs"]
+        assert (status, restarts, hangs, last_exit) == ("running", 1, 1, "SIGKILL (hung)")
+        assert beat.endswith("s ago")
+        assert rows["quiet"][1:3] == ("running", 0) and rows["quiet"][5:] == ("-", 0)
+    finally:
+        launcher.stop()
+
+
+def test_heartbeat_file_and_summary(tmp_path) -> None:
+    from fusion.runtime import heartbeat
+
+    path = tmp_path / "hb"
+    beats = heartbeat.Heartbeat(str(path))
+    for i in range(3):
+        beats.beat(i * 10**9)
+    record = heartbeat.read(path)
+    assert record is not None and record.pid == os.getpid() and record.beats == 3
+    assert beats.summary() == "heartbeat 3 (longest gap 1000 ms)"
+    assert heartbeat.read(tmp_path / "missing") is None
+
+
+@pytest.mark.slow
+def test_a_real_node_stopped_with_sigstop_is_restarted(tmp_path) -> None:
+    """A recorder node under the launcher beats from its loop; stopped with SIGSTOP (there, not
+    answering), the watchdog kills and restarts it, and the new one beats and records."""
+    graph = parse_graph(
+        {
+            "nodes": [
+                {
+                    "name": "recorder",
+                    "module": "nodes.recorder",
+                    "args": ["-o", str(tmp_path / "r.mcap"), "--topics", "ego_motion"],
+                    "inputs": [],
+                    "outputs": [],
+                    "watchdog_s": 3,
+                }
+            ]
+        }
+    )
+    launcher = Launcher(graph, tmp_path / "logs")
+    launcher.start()
+    state = launcher.nodes["recorder"]
+
+    def supervise_until(done, what: str) -> None:
+        deadline = time.monotonic() + 90
+        while not done():
+            assert time.monotonic() < deadline, (what, launcher.summary_rows())
+            launcher.supervise()
+            time.sleep(0.05)
+
+    try:
+        supervise_until(lambda: state.last_beat_ns is not None, "first heartbeat")
+        stopped = state.process.pid
+        os.kill(stopped, signal.SIGSTOP)
+        supervise_until(lambda: state.hangs == 1 and state.running, "restart")
+        assert state.process.pid != stopped
+        supervise_until(lambda: state.last_beat_ns is not None, "heartbeat of the new process")
+        assert launcher.summary_rows()[0][4] == "SIGKILL (hung)"
+    finally:
+        launcher.stop()
+    assert sorted(p.name for p in tmp_path.glob("r*.mcap")) == ["r.1.mcap", "r.mcap"]

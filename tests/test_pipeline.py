@@ -363,3 +363,126 @@ def test_lockstep_decodes_ahead_and_still_answers_an_undecodable_frame() -> None
     outs = pipe.control(step(0, final=True))
     assert [(o.valid, o.source_seqs["camera"]) for o in outs] == [(False, 0), (True, 1)]
     assert pipe.counters["bad_image"] == 1
+
+
+# -- hostile content: well-formed messages that must not crash, silence or mislabel ---------
+
+
+def settle(pipe: FusionPipeline, clock: Clock, cam: CameraFrame, radar: RadarScan) -> list:
+    """Feed a scan, a frame and a later scan that settles their match; step."""
+    pipe.add("radar", radar)
+    pipe.add("camera", cam)
+    pipe.add("radar", scan(radar.seq + 1, cam.capture_ns + 70 * MS))
+    clock.t += 2 * MS
+    return pipe.step()
+
+
+@pytest.mark.parametrize("kind", ["empty", "all NaN", "all out of range"])
+def test_a_radar_scan_with_no_usable_point_is_not_fused(setup, kind: str) -> None:
+    pipe, det, clock = setup
+    bad = scan(0, clock.t - 5 * MS, n=0 if kind == "empty" else 4)
+    if kind == "all NaN":
+        bad.points["x"] = np.nan
+    elif kind == "all out of range":
+        bad.points["dt_s"] = 1e9
+    (out,) = settle(pipe, clock, frame(0, clock.t), bad)
+    assert (out.mode, out.valid) == ("camera_only", False)
+    assert det.calls[-1][:2] == ("camera_only", 0)
+    assert pipe.counters["radar_empty"] == 1 and pipe.counters["fused"] == 0
+    assert pipe.counters["radar_points_nonfinite"] == (4 if kind == "all NaN" else 0)
+    assert pipe.counters["radar_points_out_of_range"] == (4 if kind == "all out of range" else 0)
+
+
+def test_nan_dt_s_points_are_dropped_and_counted(setup) -> None:
+    pipe, _, clock = setup
+    bad = scan(0, clock.t - 5 * MS, n=4)
+    bad.points["dt_s"][1:3] = np.nan
+    (out,) = settle(pipe, clock, frame(0, clock.t), bad)
+    assert out.mode == "fused" and out.valid and len(out.objects) == 2
+    assert pipe.counters["radar_points_nonfinite"] == 2
+
+
+def test_nan_ego_speed_is_rejected_and_points_stay_finite(setup) -> None:
+    pipe, _, clock = setup
+    pipe.add("ego_motion", EgoMotion(speed_mps=float("nan"), capture_ns=clock.t))
+    pipe.add("ego_motion", EgoMotion(yaw_rate_rps=float("inf"), capture_ns=clock.t))
+    (out,) = settle(pipe, clock, frame(0, clock.t), scan(0, clock.t - 40 * MS, v_r=-20.0))
+    assert pipe.counters["bad_ego_motion"] == 2 and not pipe.egos
+    assert out.mode == "fused" and np.all(np.isfinite(out.objects["x"]))
+
+
+def test_an_unknown_encoding_is_rejected_not_read_as_bgr(setup) -> None:
+    pipe, det, clock = setup
+    pipe.add("camera", frame(0, clock.t, encoding="yuyv"))
+    assert pipe.step() == [] and det.calls == []
+    assert pipe.counters["bad_image"] == 1
+
+
+def test_unusable_calibration_sizes_and_kernels_divisors_are_rejected(setup) -> None:
+    pipe, _, clock = setup
+    huge = calibration()
+    huge.width_px = huge.height_px = 2**31 - 1
+    flat = calibration()
+    flat.intrinsics[2, 2] = 0.0
+    for bad in (huge, flat):
+        pipe.add("calibration", bad)
+    assert pipe.counters["bad_calibration"] == 2 and pipe.camera.width_px == W
+    # radar-only answers use a blank image of the calibrated size: still the good one
+    clock.t += 400 * MS
+    pipe.add("radar", scan(1, clock.t))
+    assert [o.mode for o in pipe.step()] == ["radar_only"]
+
+
+def test_a_frame_stamped_in_the_future_does_not_silence_the_node(setup) -> None:
+    """On this host's clock a frame an hour ahead is rejected (``bad_stamp``); the frames after
+    it are fused as before."""
+    pipe, _, clock = setup
+    pipe.add("camera", frame(0, clock.t + 3600 * 10**9))
+    assert pipe.counters["bad_stamp"] == 1
+    modes = []
+    for seq in range(1, 6):
+        clock.t += 50 * MS
+        modes += [o.mode for o in settle(pipe, clock, frame(seq, clock.t), scan(2 * seq, clock.t))]
+    assert modes == ["fused"] * 5
+
+
+def test_a_jump_of_a_foreign_clock_resets_the_sync_and_fusion_goes_on() -> None:
+    """Stamps of a sim (or replayed) clock cannot be checked against this host's: a frame an
+    hour ahead is taken, and the synchroniser resets on the next normal one (counted)."""
+    clock = Clock()
+    pipe = FusionPipeline(FakeDetector(), PipelineConfig(budget_ms=50), clock_ns=clock)
+    pipe.add("calibration", calibration())
+    t = 1_000 * MS
+
+    def sim(msg):
+        msg.clock = "sim"
+        return msg
+
+    outputs = []
+    for seq in range(8):
+        t += 50 * MS
+        clock.t += 50 * MS
+        capture = t + (3600 * 10**9 if seq == 2 else 0)
+        pipe.add("radar", sim(scan(2 * seq, t - 5 * MS)))
+        pipe.add("camera", sim(frame(seq, capture)))
+        pipe.add("radar", sim(scan(2 * seq + 1, t + 70 * MS)))
+        clock.t += 20 * MS
+        outputs += pipe.step()
+    modes = [o.mode for o in outputs if o.source_seqs["camera"] != 2]
+    assert modes == ["fused"] * 7, [(o.source_seqs, o.mode) for o in outputs]
+    jumps = pipe.counters["sync_camera_clock_jump"] + pipe.counters["sync_radar_clock_jump"]
+    assert jumps == pipe.sync.stats.clock_jumps == 1
+
+
+def test_outputs_stay_under_the_header_limit_whatever_the_input_trace(setup) -> None:
+    from fusion.perception.pipeline import MAX_TRACE_COPY, input_trace
+    from fusion.wire import codec
+
+    pipe, _, clock = setup
+    cam = frame(0, clock.t)
+    cam.trace = {f"{i:0>64}": i for i in range(32)}  # as much as validation lets through
+    (out,) = settle(pipe, clock, cam, scan(0, clock.t - 5 * MS))
+    assert len(codec.encode("detections", out)[1]) < codec.MAX_HEADER_BYTES
+    huge = frame(1, clock.t)
+    huge.trace = {f"hop{i}": i for i in range(10_000)}
+    assert len(input_trace(huge)) <= MAX_TRACE_COPY

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -244,14 +245,17 @@ def test_truncated_file_yields_every_complete_chunk_then_names_the_damage(
         assert error.path == str(cut_path) and 8 <= error.offset <= cut
 
 
-def test_flipped_byte_in_a_chunk_stops_reading_there(one_message_per_chunk) -> None:
+def test_flipped_byte_in_a_chunk_loses_that_chunk_only(one_message_per_chunk) -> None:
+    """The damaged chunk is skipped and reading goes on: every other message is read (this test
+    used to assert that everything after the flipped byte was lost), then the damage is
+    reported with its offset."""
     path, messages, spans = one_message_per_chunk
     data = bytearray(path.read_bytes())
     start, end = spans[30]
     data[(start + end) // 2] ^= 0x40
     path.write_bytes(bytes(data))
     got, error = read_until_damage(path)
-    assert [r.sequence for r in got] == [m.seq for _, m, _ in messages[:30]]
+    assert [r.sequence for r in got] == [m.seq for _, m, _ in messages[:30] + messages[31:]]
     assert error is not None and error.offset == start and f"offset {start}" in str(error)
     assert fusion_main(["info", "--verify", str(path)]) == 2
 
@@ -304,3 +308,82 @@ def test_recover_keeps_every_complete_chunk(one_message_per_chunk, tmp_path) -> 
     assert fusion_main(["recover", str(tmp_path / "cut.mcap"), str(tmp_path / "again.mcap")]) == 0
     with pytest.raises(RecordingError, match="new output file"):
         recover(tmp_path / "cut.mcap", tmp_path / "cut.mcap")
+
+
+def unindexed(data: bytes) -> bytes:
+    """The data section of a valid file without its summary and footer (a killed writer)."""
+    from mcap.opcode import Opcode
+
+    pos = 8
+    while True:
+        opcode, length = struct.unpack_from("<BQ", data, pos)
+        if opcode == Opcode.DATA_END:
+            return data[:pos]
+        pos += 9 + length
+
+
+@pytest.mark.parametrize("indexed", [True, False], ids=["indexed", "unindexed"])
+def test_recover_keeps_every_intact_chunk_wherever_the_damage_is(
+    one_message_per_chunk, tmp_path, indexed: bool
+) -> None:
+    """Damage in three places (a flipped byte, a chunk length that points past the end, garbage
+    over a record boundary): every other chunk is recovered, before and after each."""
+    path, messages, spans = one_message_per_chunk
+    data = bytearray(path.read_bytes() if indexed else unindexed(path.read_bytes()))
+    damaged = [10, 40, 65]
+    data[(spans[10][0] + spans[10][1]) // 2] ^= 0x40
+    struct.pack_into("<Q", data, spans[40][0] + 1, 2**62)
+    data[spans[65][0] - 4 : spans[65][0] + 20] = bytes(range(24))
+    (tmp_path / "damaged.mcap").write_bytes(bytes(data))
+    counts = recover(tmp_path / "damaged.mcap", tmp_path / "fixed.mcap")
+    expected = [m for i, m in enumerate(messages) if i not in damaged]
+    assert sum(counts.values()) == len(expected)
+    with RecordingReader(tmp_path / "fixed.mcap") as reader:
+        got = list(reader.messages())
+        assert reader.indexed and reader.damage is None
+        # three chunks, and the index (or the missing summary) that no longer matches the data
+        assert "4 damaged places" in reader.metadata["fusion.recording"]["recovered_damage"]
+    assert [(r.topic, r.log_time_ns) for r in got] == [(t, log) for t, _, log in expected]
+
+
+def test_a_sparse_hole_is_skipped_not_read(one_message_per_chunk, tmp_path) -> None:
+    """Gigabytes of hole between two chunks (and after the end): every chunk is read at once,
+    without reading the hole."""
+    path, messages, spans = one_message_per_chunk
+    data = unindexed(path.read_bytes())
+    cut = spans[30][0]
+    hole = tmp_path / "hole.mcap"
+    with open(hole, "wb") as f:
+        f.write(data[:cut])
+        f.seek(cut + (8 << 30))
+        f.write(data[cut:])
+        f.truncate(len(data) + (16 << 30))
+    if hole.stat().st_blocks * 512 > 1 << 30:
+        pytest.skip("this file system does not keep sparse files")
+    with RecordingReader(hole) as reader:
+        got, error = [], None
+        try:
+            for rec in reader.messages():
+                got.append(rec)
+        except CorruptRecordingError as exc:
+            error = exc
+    assert len(got) == len(messages) and error is not None
+
+
+def test_an_index_naming_an_unknown_channel_is_not_trusted(one_message_per_chunk, capsys) -> None:
+    """(It ended `fusion info` in a KeyError.) The index does not check against the channels,
+    so the file is read chunk by chunk, and every message is still there."""
+    from tests.recording_fuzz import index_unknown_channel
+
+    path, messages, _ = one_message_per_chunk
+    path.write_bytes(index_unknown_channel(random.Random(0), path.read_bytes(), path.parent))
+    with RecordingReader(path) as reader:
+        assert not reader.indexed
+        assert reader.summary().message_count == len(messages)
+    assert fusion_main(["info", str(path)]) in (0, 2)
+    assert "KeyError" not in capsys.readouterr().err
+
+
+def test_writer_chunk_size_is_bounded(tmp_path) -> None:
+    with pytest.raises(RecordingError, match="chunk size"):
+        RecordingWriter(tmp_path / "x.mcap", chunk_size=1 << 30)

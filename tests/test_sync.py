@@ -509,3 +509,27 @@ def test_motion_compensation_on_simulated_drives(scenario: str, seed: int) -> No
     )
     assert n > 100
     assert px["along_x"] < 0.5 * px["none"]
+
+
+@pytest.mark.parametrize("topic", ["camera", "radar"])
+def test_one_stamp_far_ahead_does_not_make_everything_after_it_late(topic: str) -> None:
+    """A message stamped an hour ahead (a bad clock) is taken; the next normal message is far
+    behind it, which resets the synchroniser (counted) instead of dropping every later input
+    as late."""
+    drops: list[tuple[str, str]] = []
+    sync = ApproximateTimeSync(
+        slop_ns=50 * MS, deadline_ns=10 * MS, on_drop=lambda t, m, r: drops.append((t, r))
+    )
+    hour_ms = 3600_000
+    released = []
+    for i in range(6):
+        t_ms = 1000 + i * 50
+        jump_ms = hour_ms if i == 2 else 0
+        sync.add_radar(radar(t_ms - 5 + (jump_ms if topic == "radar" else 0), seq=i), t_ms * MS)
+        sync.add_camera(camera(t_ms + (jump_ms if topic == "camera" else 0), seq=i), t_ms * MS)
+        released += sync.pop_ready((t_ms + 20) * MS)
+    matched = [s.camera.seq for s in released if not s.camera_only]
+    # The frames after the jump are matched again (the reset may cost the one that showed it).
+    assert {0, 1, 4, 5} <= set(matched), released
+    assert sync.stats.clock_jumps == 1 and sync.stats.late <= 1  # the scan before the reset
+    assert sum(1 for _, r in drops if r == "clock_jump") == 1

@@ -99,3 +99,20 @@ def test_viewer_node_writes_a_video(tmp_path) -> None:
         for pub in pubs.values():
             pub.close()
     assert int(cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+
+
+def test_viewer_counts_what_it_cannot_trust_and_goes_on() -> None:
+    viewer = Viewer(width_px=160)
+    bad = calibration()
+    bad.intrinsics[2, 2] = 0.0  # would divide by zero when projecting
+    assert viewer.update("calibration", bad) is None and viewer.camera is None
+    lying = CameraFrame(image=np.zeros((H, W, 3), np.uint8), width_px=W * 100, height_px=H)
+    assert viewer.update("camera", lying) is None
+    not_a_camera = calibration()
+    not_a_camera.intrinsics, not_a_camera.width_px, not_a_camera.height_px = np.zeros((3, 3)), 0, 0
+    assert viewer.update("calibration", not_a_camera) is None
+    assert viewer.rejected == {"bad_calibration": 2, "bad_image": 1}
+    viewer.update("calibration", calibration())
+    viewer.update("camera", CameraFrame(image=np.zeros((H, W, 3), np.uint8), seq=1))
+    picture = viewer.update("detections", Detections(objects=one_car(), source_seqs={"camera": 1}))
+    assert picture is not None

@@ -34,6 +34,7 @@ import numpy as np
 
 from fusion.errors import CalibrationError, ConfigError
 from fusion.perception.geometry import check_transform, quaternion_to_rotation
+from fusion.wire import validate
 from fusion.wire.messages import (
     CLASS_NAMES,
     GT_BOX_DTYPE,
@@ -214,22 +215,10 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
     """(width, height) of a baseline or progressive JPEG, read from its SOF marker."""
     if data[:2] != b"\xff\xd8":
         raise ConfigError("not a JPEG file (no SOI marker)")
-    pos = 2
-    while pos + 9 < len(data):
-        if data[pos] != 0xFF:
-            pos += 1
-            continue
-        marker = data[pos + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            pos += 1 if marker == 0xFF else 2
-            continue
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
-            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
-            return width, height
-        pos += 2 + length
-    raise ConfigError("JPEG has no SOF marker; the file is truncated or not a JPEG")
+    size = validate.jpeg_size(data)
+    if size is None:
+        raise ConfigError("JPEG has no SOF marker; the file is truncated or not a JPEG")
+    return size
 
 
 def sequence_ids(root: Path | str, indices: Sequence[int] | None = None) -> dict[int, int]:

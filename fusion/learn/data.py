@@ -18,7 +18,6 @@ sequence than training.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,8 @@ from fusion.wire.messages import GroundTruth, Message, empty_detections
 ASTYX_TEST_FRACTION = 0.2
 ASTYX_VAL_FRACTION = 0.15
 SIM_SCENARIOS = ("city", "highway", "night")
+#: The health key by which a captured frame is found again in the pipeline's output.
+CAPTURED = "captured_frame"
 
 
 @dataclass
@@ -56,16 +57,19 @@ class _Capture:
 
     def __init__(self, input_size: tuple[int, int]) -> None:
         self.cfg = _InputSize(*input_size)
-        self.frames: deque[tuple[FrameInputs, str]] = deque()
+        self.frames: dict[int, tuple[FrameInputs, str]] = {}
+        self._count = 0
 
     def preprocess(self, image_bgr: np.ndarray, radar_points: np.ndarray, camera: CameraModel):
         return FrameInputs(image_bgr, radar_points, camera)
 
-    def infer(self, prepared: FrameInputs, mode: str = "fused") -> None:
-        self.frames.append((prepared, mode))
+    def infer(self, prepared: FrameInputs, mode: str = "fused") -> int:
+        self._count += 1
+        self.frames[self._count] = (prepared, mode)
+        return self._count
 
-    def decode(self, prepared: FrameInputs, raw: None) -> tuple[np.ndarray, dict[str, float]]:
-        return empty_detections(), {}
+    def decode(self, prepared: FrameInputs, raw: int) -> tuple[np.ndarray, dict[str, float]]:
+        return empty_detections(), {CAPTURED: float(raw)}  # names the frame in the output
 
 
 @dataclass
@@ -103,9 +107,11 @@ def labelled_frames(
             truths[msg.capture_ns] = msg.boxes
             continue
         for out in pipeline.feed(topic, msg):
+            if CAPTURED not in out.health:
+                continue  # an answer to a frame the model never saw
+            inputs, mode = capture.frames.pop(int(out.health[CAPTURED]))
             if not out.valid:
                 continue
-            inputs, mode = capture.frames.popleft()
             boxes = truths.pop(out.capture_ns, None)
             k += 1
             if (k - 1) % frame_step or boxes is None or (fused_only and mode != "fused"):

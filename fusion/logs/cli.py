@@ -33,7 +33,7 @@ from fusion.logs.recorder import RECORDER_QUEUE_SIZE, Recorder
 from fusion.logs.recover import recover
 from fusion.logs.writer import COMPRESSIONS, DEFAULT_CHUNK_SIZE, RecordingWriter
 from fusion.perception.sync import DEFAULT_SLOP_MS
-from fusion.runtime import node
+from fusion.runtime import heartbeat, node
 from fusion.runtime.transport import Publisher, Subscriber
 from fusion.wire import services
 
@@ -164,7 +164,7 @@ def _wait_for_subscribers(
         if now >= next_progress:
             next_progress = now + WAIT_PROGRESS_S
             log.info("waiting for %s (%.0f of %.0f s)", ", ".join(missing), now - start, timeout_s)
-        time.sleep(0.01)
+        heartbeat.sleep(0.01)
     if not missing and CONTROL_TOPIC in publishers:
         if not publishers[CONTROL_TOPIC].wait_for_subscribers(1, timeout_s=WAIT_CONTROL_S):
             log.info("no subscriber on %s: consumers will not see the replay's pace", CONTROL_TOPIC)
@@ -343,6 +343,7 @@ def run_record(args: argparse.Namespace) -> int:
         finally:
             recorder.close()
     log.info("recorded %s: %s", out, recorder.summary_line())
+    log.info("recorder counters at close: %s", json.dumps(recorder.counters(), sort_keys=True))
     return 0
 
 

@@ -56,10 +56,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fusion.errors import ConfigError, CorruptRecordingError
+from fusion.core.ratelog import RateLimitedLog
+from fusion.errors import ConfigError, CorruptRecordingError, DecodeError
 from fusion.logs.faults import FaultInjector
 from fusion.logs.reader import RecordingReader
 from fusion.perception.sync import DEFAULT_SLOP_MS
+from fusion.runtime import heartbeat
 from fusion.wire.messages import SENT_EVERYTHING_NS, Detections, Message, ReplayControl, restamp
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,8 @@ LOCKSTEP_MAX_STEP_MESSAGES = 64
 LOOP_GAP_NS = 50_000_000
 #: Real-time and max-speed replays repeat their `ReplayControl` this often, for late joiners.
 CONTROL_PERIOD_NS = 1_000_000_000
+#: A long wait for the next message is cut into slices of this, each beating the heartbeat.
+HEARTBEAT_SLICE_NS = 500_000_000
 
 
 class PublisherLike(Protocol):
@@ -116,6 +120,8 @@ class PlayStats:
     lockstep_steps: int = 0
     lockstep_answers: int = 0
     lockstep_timeouts: int = 0
+    #: recorded messages that did not decode (skipped, logged)
+    undecodable: int = 0
     damage: str = ""
 
     def line(self) -> str:
@@ -191,6 +197,7 @@ class Player:
         self._next_control_ns = 0
         self._in_flight: Counter[int] = Counter()  # answered-topic seqs sent, not yet awaited
         self._answers_seen: Counter[int] = Counter()  # answers to them received meanwhile
+        self._log = RateLimitedLog(log)
 
     def _choose_topics(self, topics: Iterable[str] | None, lockstep: bool) -> set[str]:
         recorded = set(self.reader.topics)
@@ -241,13 +248,18 @@ class Player:
                     self.stats.published += 1
                     self.stats.per_topic[rec.topic] = self.stats.per_topic.get(rec.topic, 0) + 1
                     self.stats.position_s = (rec.log_time_ns - self.start_ns) / 1e9
-                    msg = rec.decode()
+                    try:
+                        msg = rec.decode()
+                    except DecodeError as exc:  # recorded bytes that are not a message
+                        self.stats.undecodable += 1
+                        self._log.warning("undecodable", f"{rec.topic}: skipped: {exc}")
+                        continue
                     yield rec.topic, restamp(msg, msg.capture_ns + offset_ns)
                     if self._stop.is_set():
                         return
             except CorruptRecordingError as exc:
                 if not self.stats.damage:
-                    log.error("%s (played the complete chunks before it)", exc)
+                    log.error("%s (played every intact chunk)", exc)
                 self.stats.damage = str(exc)
             if not self.loop or count == 0:
                 return
@@ -313,6 +325,7 @@ class Player:
         stepped: deque[int] = deque()  # answered-topic seqs stepped, answers not yet awaited
         sent: deque[tuple[int, int]] = deque()  # (seq, capture_ns) sent, window still open
         for topic, msg in items:
+            heartbeat.beat()
             if topic == CONTROL_TOPIC:
                 assert isinstance(msg, ReplayControl)
                 if self.control is not None:
@@ -364,9 +377,13 @@ class Player:
         if not self.timed:
             return True
         due_ns = self._origin_ns + int(replay_ns / self.rate)
-        now_ns = self.clock_ns()
-        if due_ns > now_ns and self._stop.wait((due_ns - now_ns) / 1e9):
-            return False
+        wait_ns = due_ns - self.clock_ns()
+        while wait_ns > 0:  # in slices, beating: a recording may pause for minutes
+            step_ns = min(wait_ns, HEARTBEAT_SLICE_NS)
+            if self._stop.wait(step_ns / 1e9):
+                return False
+            heartbeat.beat()
+            wait_ns = min(wait_ns - step_ns, due_ns - self.clock_ns())
         self.stats.late_ms = max(0.0, (self.clock_ns() - due_ns) / 1e6)
         self.stats.max_late_ms = max(self.stats.max_late_ms, self.stats.late_ms)
         return True
@@ -394,6 +411,7 @@ class Player:
             if remaining_ms <= 0:
                 break
             answer = self.answers.recv(min(int(remaining_ms), 100))
+            heartbeat.beat()
             if isinstance(answer, Detections) and self.answered_topic in answer.source_seqs:
                 got = answer.source_seqs[self.answered_topic]
                 if self._answers_seen[got] < self._in_flight[got]:

@@ -77,16 +77,25 @@ class Recorder:
         return total
 
     def counters(self) -> dict[str, dict[str, int]]:
-        """Per topic: written, and the subscriber's received/lost/rejected/restarts."""
+        """Per topic: written, and the subscriber's received/lost/rejected/restarts, reconnects,
+        senders forgotten and rejections by reason."""
         return {
-            topic: {"written": self.writer.counts.get(topic, 0), **sub.stats.as_dict()}
+            topic: {
+                "written": self.writer.counts.get(topic, 0),
+                **sub.stats.as_dict(),
+                **sub.stats.details(),
+            }
             for topic, sub in self.subscribers.items()
         }
 
     def summary_line(self) -> str:
         parts = []
         for topic, c in self.counters().items():
-            extra = "".join(f" {k} {c[k]}" for k in ("lost", "rejected") if c[k])
+            extra = "".join(
+                f" {k} {c[k]}"
+                for k in ("lost", "rejected", "reconnects", "senders_forgotten")
+                if c[k]
+            )
             parts.append(f"{topic} {c['written']}{extra}")
         return "written: " + ", ".join(parts)
 

@@ -1,8 +1,9 @@
-"""Recovering a damaged recording: every complete chunk copied into a new, valid, indexed file.
+"""Recovering a damaged recording: every intact chunk copied into a new, valid, indexed file.
 
-A recorder killed with SIGKILL, a full disk or a truncated copy leaves a file without its
-summary; `recover` reads it with the damage scanner (through `RecordingReader`) and writes what
-it holds with `RecordingWriter`.
+A recorder killed with SIGKILL, a full disk, a truncated copy or flipped bytes leave a file
+without its summary or with damaged chunks; `recover` reads it through `RecordingReader`, which
+skips damage and resynchronises on the next chunk, so every intact chunk is kept wherever the
+damage is, and writes what it holds with `RecordingWriter`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def recover(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, int]:
-    """Copy every message of every complete chunk of `src` into a new, valid, indexed `dst`.
+    """Copy every message of every intact chunk of `src` into a new, valid, indexed `dst`.
 
     Returns messages recovered per topic. The damage found (if any) is logged, not raised.
     """

@@ -7,10 +7,10 @@ every message (read from the file's message indexes, or from the chunks of a dam
 
 from __future__ import annotations
 
-import itertools
-import statistics as pystats
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from fusion.wire import services
 
@@ -98,26 +98,29 @@ class RecordingSummary:
         return "\n".join(lines)
 
 
-def topic_summary(topic: str, message_type: str, times: list[int]) -> TopicSummary:
-    intervals = [b - a for a, b in itertools.pairwise(times)]
-    rate = (
-        (len(times) - 1) / ((times[-1] - times[0]) / 1e9)
-        if len(times) > 1 and times[-1] > times[0]
-        else 0.0
-    )
+def topic_summary(topic: str, message_type: str, times: np.ndarray | list[int]) -> TopicSummary:
+    """One topic's count, rate and gaps from the sorted log times of its messages."""
+    times = np.asarray(times, dtype=np.int64)
+    count = len(times)
+    first_ns, last_ns = (int(times[0]), int(times[-1])) if count else (0, 0)
+    rate = (count - 1) / ((last_ns - first_ns) / 1e9) if count > 1 and last_ns > first_ns else 0.0
     gaps: list[Gap] = []
+    intervals = np.diff(times)
     # Simultaneous messages (one per sensor) are not intervals of the topic's rhythm.
-    positive = [d for d in intervals if d > 0]
-    if positive:
-        threshold = GAP_FACTOR * pystats.median(positive)
-        gaps = [Gap(topic, times[i], d) for i, d in enumerate(intervals) if d > threshold]
+    positive = intervals[intervals > 0]
+    if len(positive):
+        threshold = GAP_FACTOR * float(np.median(positive))
+        gaps = [
+            Gap(topic, int(times[i]), int(intervals[i]))
+            for i in np.flatnonzero(intervals > threshold)
+        ]
     svc = services.SERVICES.get(topic)
     return TopicSummary(
         topic=topic,
         message_type=message_type,
-        count=len(times),
-        first_ns=times[0] if times else 0,
-        last_ns=times[-1] if times else 0,
+        count=count,
+        first_ns=first_ns,
+        last_ns=last_ns,
         rate_hz=rate,
         nominal_rate_hz=svc.rate_hz if svc else None,
         gaps=tuple(gaps),

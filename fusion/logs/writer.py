@@ -32,6 +32,9 @@ from fusion.wire.messages import MESSAGE_TYPES, Message
 
 #: Chunks are finished once their uncompressed size passes this; a camera frame is one chunk.
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+#: The largest chunk size a writer takes: with the largest message on top, a chunk stays well
+#: under what readers accept (`fusion.logs._scan.MAX_CHUNK_BYTES`).
+MAX_CHUNK_SIZE = 32 * 1024 * 1024
 COMPRESSIONS = {
     "zstd": CompressionType.ZSTD,
     "lz4": CompressionType.LZ4,
@@ -58,6 +61,10 @@ class RecordingWriter:
         if compression not in COMPRESSIONS:
             raise RecordingError(
                 f"compression must be one of {sorted(COMPRESSIONS)}, got {compression!r}"
+            )
+        if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+            raise RecordingError(
+                f"chunk size must be 1 to {MAX_CHUNK_SIZE} bytes, got {chunk_size}"
             )
         self.path = Path(path)
         try:

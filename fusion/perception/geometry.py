@@ -13,27 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.errors import CalibrationError
+from fusion.wire import validate
 from fusion.wire.messages import Calibration
 
 
 def check_transform(transform: np.ndarray, what: str = "transform") -> np.ndarray:
     """Return `transform` as a float64 4x4 rigid transform, or raise `CalibrationError`."""
-    t = np.asarray(transform, dtype=np.float64)
-    if t.shape != (4, 4):
-        raise CalibrationError(f"{what} must be 4x4, got shape {t.shape}")
-    if not np.all(np.isfinite(t)):
-        raise CalibrationError(f"{what} has NaN or inf entries")
-    if not np.allclose(t[3], [0, 0, 0, 1], atol=1e-6):
-        raise CalibrationError(f"{what} last row must be [0, 0, 0, 1], got {t[3].tolist()}")
-    rotation = t[:3, :3]
-    if abs(np.linalg.det(rotation) - 1.0) > 1e-3 or not np.allclose(
-        rotation @ rotation.T, np.eye(3), atol=1e-3
-    ):
-        raise CalibrationError(
-            f"{what} rotation is not orthonormal (det {np.linalg.det(rotation):.4f}); "
-            "check the calibration file"
-        )
-    return t
+    why = validate.rigid_transform_problem(transform, what)
+    if why is not None:
+        raise CalibrationError(why)
+    return np.asarray(transform, dtype=np.float64)
 
 
 def invert_transform(transform: np.ndarray) -> np.ndarray:
@@ -100,18 +89,13 @@ class CameraModel:
 
     @classmethod
     def from_calibration(cls, calib: Calibration) -> CameraModel:
+        """The camera of `calib`; raises `CalibrationError` for anything
+        `fusion.wire.validate.calibration_problem` rules out, or no intrinsics (not a camera)."""
         K = np.asarray(calib.intrinsics, dtype=np.float64)
-        if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-            raise CalibrationError(
-                f"camera {calib.sensor_id!r} intrinsics must be a finite 3x3 with positive "
-                f"focal lengths, got {K.tolist()}"
-            )
-        if calib.width_px <= 0 or calib.height_px <= 0:
-            raise CalibrationError(
-                f"camera {calib.sensor_id!r} image size {calib.width_px}x{calib.height_px} "
-                "must be positive"
-            )
-        cam_to_ref = check_transform(calib.sensor_to_ref, f"{calib.sensor_id} sensor_to_ref")
+        why = validate.intrinsics_problem(K) or validate.calibration_problem(calib)
+        if why is not None:
+            raise CalibrationError(f"camera {calib.sensor_id!r:.80}: {why}")
+        cam_to_ref = np.asarray(calib.sensor_to_ref, dtype=np.float64)
         return cls(
             K=K,
             width_px=int(calib.width_px),

@@ -33,7 +33,11 @@ runs slower than real time; latency is then measured from the frame's receipt), 
 one with an invalid output.
 
 Every input that cannot be used is counted by reason in `counters` and logged (rate-limited);
-nothing raises out of `add` or `step` for bad data.
+nothing raises out of `add` or `step` for bad data. `add` first checks what a message means
+(`fusion.wire.validate`: image sizes, calibration, stamps within a window of the clock, bounded
+fields, finite values); radar points that are not finite or out of range are dropped and
+counted, and a frame whose matched radar has no usable point is answered ``camera_only`` and
+not ``valid``.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,6 +58,7 @@ from fusion.perception.frame import FrameInputs, radar_points, to_reference
 from fusion.perception.geometry import CameraModel, check_transform
 from fusion.perception.image import camera_image
 from fusion.perception.sync import DEFAULT_SLOP_MS, ApproximateTimeSync, SyncedFrame
+from fusion.wire import validate
 from fusion.wire.messages import (
     RADAR_POINT_DTYPE,
     Calibration,
@@ -69,7 +74,15 @@ from fusion.wire.messages import (
 log = logging.getLogger(__name__)
 
 #: A radar scan with more points than this is dropped (a 4D radar gives a few thousand).
-MAX_RADAR_POINTS = 100_000
+MAX_RADAR_POINTS = validate.LIMITS.max_radar_points
+#: Radar points beyond these are dropped as out of range (m; m/s; s from the scan's stamp).
+MAX_POINT_RANGE_M = 1000.0
+MAX_POINT_SPEED_MPS = 500.0
+MAX_POINT_DT_S = 1.0
+#: An output copies at most this many entries of its input's trace, with keys of at most
+#: `MAX_TRACE_KEY_CHARS`, so no input can push an output past the header limit.
+MAX_TRACE_COPY = 16
+MAX_TRACE_KEY_CHARS = 32
 #: Camera silent for this long (and radar alive): outputs switch to radar-only.
 CAMERA_TIMEOUT_NS = 250_000_000
 #: Radar silent for this long: frames go camera-only at once instead of waiting for the deadline.
@@ -79,6 +92,19 @@ MAX_RADARS = 16
 MODES = ("auto", "camera_only", "radar_only")
 #: Ego motion messages kept to find the one nearest a frame (20 Hz: the last 0.8 s).
 EGO_BUFFER = 16
+
+
+@dataclass
+class AssembledFrame:
+    """A synced frame as the model will see it: its inputs, the mode to run the model in, the
+    input seqs by topic, marks for the output's health (how the radar was compensated), and
+    whether the inputs were valid (a matched radar scan with no usable point is not)."""
+
+    inputs: FrameInputs
+    mode: str
+    sources: dict[str, int]
+    health: dict[str, float] = field(default_factory=dict)
+    valid: bool = True
 
 
 class DetectorLike:
@@ -150,6 +176,14 @@ class FusionPipeline:
 
     def add(self, topic: str, msg: Message, now_ns: int | None = None) -> None:
         now_ns = self.clock_ns() if now_ns is None else now_ns
+        # Lock-step replays carry the recording's own stamps, which fall behind this host's
+        # clock as the replay runs slower than real time: their window is not checked.
+        rejection = validate.problem(msg, now_ns, check_stamps=not self.cfg.lockstep)
+        if rejection is not None:
+            self._reject(rejection.reason, rejection.message)
+            if isinstance(msg, CameraFrame) and (answer := self._invalid(msg, now_ns)):
+                self._answers.append(answer)  # lock-step: a player waits for every frame
+            return
         if self.cfg.lockstep and isinstance(msg, CameraFrame | RadarScan):
             self._data_ns = max(self._data_ns, msg.capture_ns)
             now_ns = self._data_ns
@@ -211,11 +245,27 @@ class FusionPipeline:
             self._reject("radar_too_many_points", f"radar scan {scan.seq} has {len(points)} points")
             return None
         finite = np.ones(len(points), bool)
-        for name in ("x", "y", "z", "v_r", "rcs"):
+        for name in RADAR_POINT_DTYPE.names:
             finite &= np.isfinite(points[name])
-        if not finite.all():
-            self.counters["radar_points_nonfinite"] += int((~finite).sum())
-            scan = scan.replace(points=points[finite])
+        with np.errstate(invalid="ignore"):
+            in_range = (
+                (np.abs(points["x"]) <= MAX_POINT_RANGE_M)
+                & (np.abs(points["y"]) <= MAX_POINT_RANGE_M)
+                & (np.abs(points["z"]) <= MAX_POINT_RANGE_M)
+                & (np.abs(points["v_r"]) <= MAX_POINT_SPEED_MPS)
+                & (np.abs(points["dt_s"]) <= MAX_POINT_DT_S)
+            )
+        usable = finite & in_range
+        if not usable.all():
+            for reason, dropped in (
+                ("radar_points_nonfinite", ~finite),
+                ("radar_points_out_of_range", finite & ~in_range),
+            ):
+                if dropped.any():
+                    self.counters[reason] += int(dropped.sum())
+            scan = scan.replace(points=points[usable])
+        if len(scan.points) == 0:
+            self.counters["radar_empty"] += 1  # kept: the radar is alive, its scan is not usable
         return scan
 
     def _set_calibration(self, calib: Calibration) -> None:
@@ -281,15 +331,11 @@ class FusionPipeline:
         assembled = self.assemble(synced)
         if assembled is None:
             return self._invalid(frame, picked_ns)
-        inputs, mode, sources, marks = assembled
-        return self._run(frame, inputs, mode, sources, picked_ns, marks)
+        return self._run(frame, assembled, picked_ns)
 
-    def assemble(
-        self, synced: SyncedFrame
-    ) -> tuple[FrameInputs, str, dict[str, int], dict[str, float]] | None:
-        """A synced frame's model inputs, the model mode, the input seqs by topic and the marks
-        for the output's health (how the radar was compensated); None (counted, logged) when
-        the frame cannot be used."""
+    def assemble(self, synced: SyncedFrame) -> AssembledFrame | None:
+        """A synced frame as the model will see it (`AssembledFrame`); None (counted, logged)
+        when the frame cannot be used."""
         frame = synced.camera
         if self.camera is None:
             self._reject("no_calibration", "no camera calibration yet; frame dropped")
@@ -308,10 +354,14 @@ class FusionPipeline:
                 self.radar_to_ref,
             )
         mode = "fused" if synced.radar else "camera_only"
+        # A matched radar that gave no usable point is a radar fault, not a fusion.
+        valid = not synced.radar or len(points) > 0
+        if not valid:
+            mode = "camera_only"
         if self.cfg.mode != "auto":
             mode = self.cfg.mode
         sources = {"camera": frame.seq, **({"radar": synced.radar[-1].seq} if synced.radar else {})}
-        return FrameInputs(image, points, self.camera), mode, sources, marks
+        return AssembledFrame(FrameInputs(image, points, self.camera), mode, sources, marks, valid)
 
     def _ego_for(self, frame: CameraFrame) -> tuple[EgoMotion | None, dict[str, float]]:
         """The ego motion nearest the frame's capture (of two equally near, the earlier), if it
@@ -337,10 +387,13 @@ class FusionPipeline:
         if self.camera is None:
             self._reject("no_calibration", "no camera calibration yet; scan dropped")
             return self._invalid(scan, picked_ns)
+        if len(scan.points) == 0:
+            self._reject("radar_only_empty", f"radar scan {scan.seq} has no usable point; dropped")
+            return None
         blank = np.zeros((self.camera.height_px, self.camera.width_px, 3), np.uint8)
         points = to_reference(scan.points, self.radar_to_ref.get(scan.sensor_id))
         inputs = FrameInputs(blank, points, self.camera)
-        return self._run(scan, inputs, "radar_only", {"radar": scan.seq}, picked_ns)
+        return self._run(scan, AssembledFrame(inputs, "radar_only", {"radar": scan.seq}), picked_ns)
 
     def _invalid(self, frame: Message, picked_ns: int) -> Detections | None:
         """The answer to an unusable frame (or, radar-only, scan): nothing, or in lock-step an
@@ -404,17 +457,10 @@ class FusionPipeline:
             return None
         return image
 
-    def _run(
-        self,
-        source: Message,
-        inputs: FrameInputs,
-        mode: str,
-        sources: dict[str, int],
-        picked_ns: int,
-        marks: dict[str, float] | None = None,
-    ) -> Detections | None:
+    def _run(self, source: Message, frame: AssembledFrame, picked_ns: int) -> Detections | None:
         trace = input_trace(source)
         trace["synced"] = picked_ns
+        inputs, mode = frame.inputs, frame.mode
         try:
             prepared = self.detector.preprocess(inputs.image_bgr, inputs.points, inputs.camera)
             trace["preprocessed"] = self.clock_ns()
@@ -437,10 +483,10 @@ class FusionPipeline:
         out = Detections(
             objects=objects if len(objects) else empty_detections(),
             mode=mode,
-            valid=True,
+            valid=frame.valid,
             budget_miss=bool(budget_miss),
-            health={**health, **(marks or {})},
-            source_seqs=sources,
+            health={**health, **frame.health},
+            source_seqs=frame.sources,
             seq=self.seq,
             capture_ns=source.capture_ns,
             sensor_id="fusion",
@@ -453,8 +499,14 @@ class FusionPipeline:
 
 def input_trace(source: Message) -> dict[str, int]:
     """The input's trace for an output: its ``published`` hop becomes ``input_published`` so
-    the output's own ``published`` stamp does not overwrite it."""
-    trace = dict(source.trace)
+    the output's own ``published`` stamp does not overwrite it. At most `MAX_TRACE_COPY` entries
+    with keys of at most `MAX_TRACE_KEY_CHARS` are copied."""
+    trace: dict[str, int] = {}
+    for hop, stamp_ns in source.trace.items():
+        if len(trace) == MAX_TRACE_COPY:
+            break
+        if len(hop) <= MAX_TRACE_KEY_CHARS:
+            trace[hop] = stamp_ns
     if "published" in trace:
         trace["input_published"] = trace.pop("published")
     return trace

@@ -44,8 +44,11 @@ from fusion.wire.messages import RADAR_POINT_DTYPE, CameraFrame, Message, RadarS
 
 #: ``on_drop(topic, message, reason)``: topic is ``"camera"`` or ``"radar"``; reason is one of
 #: ``overflow`` (buffer full, oldest dropped), ``late`` (arrived too late to be matched with
-#: anything), ``unmatched`` (a radar scan that left the buffer having served no camera frame) or
-#: ``camera_only`` (a camera frame released with no radar; it is still returned).
+#: anything), ``unmatched`` (a radar scan that left the buffer having served no camera frame),
+#: ``camera_only`` (a camera frame released with no radar; it is still returned),
+#: ``clock_jump`` (the message is stamped more than ``clock_jump_ns`` before the newest stamp of
+#: its stream: a clock jumped back, or an earlier stamp was bogus; the synchroniser reset and
+#: the message is kept) or ``reset`` (a buffered message dropped by that reset).
 DropCallback = Callable[[str, Message, str], None]
 
 MATCH_MODES = ("nearest", "all")
@@ -83,7 +86,9 @@ class SyncStats:
     arrived too late to be matched with anything (dropped); ``dropped``: inputs pushed out of a
     full buffer (a scan that already served a frame leaves without being counted); ``unsettled``:
     frames released before their matching was settled (without a deadline: a full camera
-    buffer, which releases its oldest frame instead of dropping it; and `flush`).
+    buffer, which releases its oldest frame instead of dropping it; and `flush`);
+    ``clock_jumps``: resets for a stamp far behind the newest; ``reset``: buffered inputs they
+    dropped.
     """
 
     matched: int = 0
@@ -92,6 +97,8 @@ class SyncStats:
     late: int = 0
     dropped: int = 0
     unsettled: int = 0
+    clock_jumps: int = 0
+    reset: int = 0
 
 
 @dataclass
@@ -135,6 +142,12 @@ class ApproximateTimeSync:
     each radar its own synchroniser). Buffers hold at most `max_camera` frames and `max_radar`
     scans; when full, the oldest entry is dropped and counted (a camera frame without a
     deadline is released instead).
+
+    One bad stamp never silences it: a frame stamped far ahead would make every later frame
+    and scan "late". A message stamped more than `clock_jump_ns` before the newest stamp of its
+    own stream (each stream arrives in capture order) means a clock jumped, or that newest
+    stamp was bogus: everything buffered is dropped (``reset``), the history is forgotten, the
+    jump counted (``clock_jump``), and the message taken as the first of a new timeline.
     """
 
     def __init__(
@@ -146,6 +159,7 @@ class ApproximateTimeSync:
         max_camera: int = 8,
         max_radar: int = 16,
         radar_min_period_ns: int | None = None,
+        clock_jump_ns: int = 1_000_000_000,
         on_drop: DropCallback | None = None,
     ) -> None:
         if slop_ns < 0 or (deadline_ns is not None and deadline_ns < 0):
@@ -160,6 +174,7 @@ class ApproximateTimeSync:
         self.max_camera = int(max_camera)
         self.max_radar = int(max_radar)
         self.radar_min_period_ns = radar_min_period_ns
+        self.clock_jump_ns = int(clock_jump_ns)
         self.on_drop = on_drop
         self.stats = SyncStats()
         self._cameras: list[_PendingCamera] = []
@@ -171,6 +186,7 @@ class ApproximateTimeSync:
 
     def add_camera(self, frame: CameraFrame, now_ns: int | None = None) -> None:
         """Buffer a camera frame that arrived at `now_ns` (needed only with a deadline)."""
+        self._reset_on_jump("camera", frame)
         newest = self._cameras[-1].frame.capture_ns if self._cameras else self._released_camera_ns
         if newest is not None and frame.capture_ns <= newest:
             self.stats.late += 1
@@ -187,6 +203,7 @@ class ApproximateTimeSync:
 
     def add_radar(self, scan: RadarScan, now_ns: int | None = None) -> None:
         """Buffer a radar scan that arrived at `now_ns` (needed only with a deadline)."""
+        self._reset_on_jump("radar", scan)
         if (
             self._released_camera_ns is not None
             and scan.capture_ns < self._released_camera_ns - self.slop_ns
@@ -259,6 +276,30 @@ class ApproximateTimeSync:
         for pending in self._cameras:
             pending.forced = True
         return self.pop_ready(now_ns)
+
+    def _reset_on_jump(self, topic: str, msg: Message) -> None:
+        """Start a new timeline when `msg` is stamped far behind the newest stamp of its own
+        stream. (Behind the *other* stream is only late: a queued input lags a latest-only one
+        when the node falls behind.)"""
+        if topic == "camera":
+            newest = (
+                self._cameras[-1].frame.capture_ns if self._cameras else self._released_camera_ns
+            )
+        else:
+            newest = self._newest_radar_ns
+        if newest is None or newest - msg.capture_ns <= self.clock_jump_ns:
+            return
+        self.stats.clock_jumps += 1
+        self._drop(topic, msg, "clock_jump")
+        for pending in self._cameras:
+            self.stats.reset += 1
+            self._drop("camera", pending.frame, "reset")
+        for entry in self._scans:
+            if not entry.used:
+                self.stats.reset += 1
+                self._drop("radar", entry.scan, "reset")
+        self._cameras, self._scans = [], []
+        self._newest_radar_ns = self._released_camera_ns = self._complete_ns = None
 
     @property
     def pending(self) -> tuple[int, int]:

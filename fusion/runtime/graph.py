@@ -16,6 +16,7 @@ endpoints they share::
         inputs: [camera, radar, calibration, ego_motion]
         outputs: [detections]
         restart: on-failure              # on-failure (default) | always | never
+        watchdog_s: 20                   # restart it when its heartbeat stops this long (0: off)
       - name: player
         module: nodes.player
         args: [recordings/city.mcap]
@@ -47,6 +48,9 @@ from fusion.errors import ConfigError
 from fusion.wire import services
 
 RESTART_POLICIES = ("on-failure", "always", "never")
+#: A node whose heartbeat stops this long is restarted: ample for a model's slowest pass on a
+#: busy CPU (about a second), short enough that a hung node is noticed.
+DEFAULT_WATCHDOG_S = 20.0
 
 
 @dataclass
@@ -62,6 +66,9 @@ class NodeSpec:
     #: topics read and published; None: not declared (allowed for a plain command only)
     inputs: tuple[str, ...] | None = None
     outputs: tuple[str, ...] | None = None
+    #: the node is restarted when its heartbeat stops for this long (0: never); it is armed by
+    #: the first beat, so start-up (a model's warm-up) does not count
+    watchdog_s: float = DEFAULT_WATCHDOG_S
 
     @classmethod
     def of_module(
@@ -136,8 +143,12 @@ def parse_graph(
         restart = item.get("restart", "on-failure")
         if restart not in RESTART_POLICIES:
             raise ConfigError(f"{source}: node {name!r} restart must be one of {RESTART_POLICIES}")
+        watchdog_s = item.get("watchdog_s", DEFAULT_WATCHDOG_S)
+        if not isinstance(watchdog_s, int | float) or watchdog_s < 0:
+            raise ConfigError(f"{source}: node {name!r} watchdog_s must be seconds >= 0")
         options = {
             "restart": restart,
+            "watchdog_s": float(watchdog_s),
             "start_delay_s": float(item.get("start_delay_s", 0.0)),
             "finishes_graph": bool(item.get("finishes_graph", False)),
             "env": {str(k): str(v) for k, v in (item.get("env") or {}).items()},

@@ -3,10 +3,14 @@
 `run_graph` checks the graph's wiring first (`fusion.runtime.graph.check_graph`; ``fusion launch
 --check GRAPH.yaml`` only checks and prints it) and refuses a graph that does not check. Each node
 runs as its own process with its output in ``LOG_DIR/<name>.log``. A node that dies is restarted
-with exponential backoff (0.5 s doubling to 8 s), and the restart is counted and logged. Ctrl-C
-(or SIGTERM) stops the nodes in reverse start order with SIGINT, then SIGKILL after a grace
-period. A live status table shows, per topic, rate, lost/rejected messages, capture -> receive
-latency p50/p99 and budget misses, from a subscriber the launcher keeps on each topic.
+with exponential backoff (0.5 s doubling to 8 s), and the restart is counted and logged. A node
+that stops answering without dying (a hung loop, a deadlock, SIGSTOP) is found by its heartbeat
+(`fusion.runtime.heartbeat`, written to ``LOG_DIR/<name>.heartbeat``): once it has beaten, a
+node silent for its ``watchdog_s`` is killed (SIGKILL) and restarted the same way, counted as a
+hang. Ctrl-C (or SIGTERM) stops the nodes in reverse start order with SIGINT, then SIGKILL after
+a grace period. A live status table shows, per node, status, restarts, hangs, downtime, the age
+of its last heartbeat and how it last ended; per topic, rate, lost/rejected messages, capture ->
+receive latency p50/p99 and budget misses, from a subscriber the launcher keeps on each topic.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from fusion.core.latency import LatencyHistogram
 from fusion.errors import ConfigError
+from fusion.runtime import heartbeat
 from fusion.runtime.graph import GraphSpec, NodeSpec, check_graph, format_check, load_graph
 from fusion.runtime.node import ShutdownFlag
 from fusion.runtime.transport import Subscriber
@@ -49,6 +54,13 @@ class NodeState:
     finished: bool = False
     down_since: float | None = None
     downtime_s: float = 0.0
+    #: times the watchdog found it hung (killed and restarted)
+    hangs: int = 0
+    #: monotonic ns of the running process's last heartbeat (None: not beaten yet)
+    last_beat_ns: int | None = None
+    killed_hung: bool = False
+    #: whether the last exit was the watchdog's kill
+    last_exit_hung: bool = False
 
     @property
     def running(self) -> bool:
@@ -77,7 +89,11 @@ class Launcher:
             env[f"FUSION_ENDPOINT_{topic.upper()}"] = url
         env.update(spec.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env[heartbeat.HEARTBEAT_FILE_ENV] = str(self.heartbeat_file(spec))
         return env
+
+    def heartbeat_file(self, spec: NodeSpec) -> Path:
+        return self.log_dir / f"{spec.name}.heartbeat"
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +102,8 @@ class Launcher:
             state.next_start_at = now + state.spec.start_delay_s
 
     def _spawn(self, state: NodeState) -> None:
+        self.heartbeat_file(state.spec).unlink(missing_ok=True)  # the last process's
+        state.last_beat_ns, state.killed_hung = None, False
         log_file = open(self.log_dir / f"{state.spec.name}.log", "ab")  # noqa: SIM115 (child owns it)
         try:
             state.process = subprocess.Popen(
@@ -115,8 +133,9 @@ class Launcher:
                 continue
             code = state.process.poll()
             if code is None:
+                self._watch(state)
                 continue
-            state.last_exit = code
+            state.last_exit, state.last_exit_hung = code, state.killed_hung
             state.process = None
             state.down_since = now
             if code == 0 and state.spec.finishes_graph:
@@ -135,12 +154,35 @@ class Launcher:
             log.warning(
                 "%s exited with %s; restart #%d in %.1f s (log: %s)",
                 state.spec.name,
-                _describe_exit(code),
+                _describe_exit(code, state.killed_hung),
                 state.restarts,
                 state.backoff_s,
                 self.log_dir / f"{state.spec.name}.log",
             )
             state.backoff_s = min(state.backoff_s * 2, BACKOFF_MAX_S)
+
+    def _watch(self, state: NodeState) -> None:
+        """The watchdog: kill a running node whose heartbeat stopped (it is then restarted like
+        any node that died)."""
+        assert state.process is not None
+        beat = heartbeat.read(self.heartbeat_file(state.spec))
+        if beat is not None and beat.pid == state.process.pid:
+            state.last_beat_ns = beat.monotonic_ns
+        if state.last_beat_ns is None or state.spec.watchdog_s <= 0 or state.killed_hung:
+            return
+        silent_s = (time.monotonic_ns() - state.last_beat_ns) / 1e9
+        if silent_s > state.spec.watchdog_s:
+            state.hangs += 1
+            state.killed_hung = True
+            log.warning(
+                "%s stopped answering (no heartbeat for %.1f s, watchdog %.0f s); killing it "
+                "to restart it (hang #%d)",
+                state.spec.name,
+                silent_s,
+                state.spec.watchdog_s,
+                state.hangs,
+            )
+            state.process.kill()
 
     def stop(self) -> None:
         """SIGINT every node in reverse start order, then SIGKILL what is left after the grace."""
@@ -162,23 +204,43 @@ class Launcher:
             state.last_exit = state.process.returncode
             state.process = None
 
-    def summary_rows(self) -> list[tuple[str, str, int, str, str]]:
+    def summary_rows(self) -> list[tuple[str, str, int, str, str, str, int]]:
+        """Per node: name, status, restarts, downtime, last exit, heartbeat age, hangs."""
         rows = []
         now = time.monotonic()
+        now_ns = time.monotonic_ns()
         for state in self.nodes.values():
             status = "running" if state.running else ("done" if state.finished else "down")
             down = state.downtime_s + (now - state.down_since if state.down_since else 0.0)
-            exit_text = "" if state.last_exit is None else _describe_exit(state.last_exit)
-            rows.append((state.spec.name, status, state.restarts, f"{down:.1f} s", exit_text))
+            exit_text = (
+                ""
+                if state.last_exit is None
+                else _describe_exit(state.last_exit, state.last_exit_hung)
+            )
+            beat = "-"
+            if state.running and state.last_beat_ns is not None:
+                beat = f"{(now_ns - state.last_beat_ns) / 1e9:.1f} s ago"
+            rows.append(
+                (
+                    state.spec.name,
+                    status,
+                    state.restarts,
+                    f"{down:.1f} s",
+                    exit_text,
+                    beat,
+                    state.hangs,
+                )
+            )
         return rows
 
 
-def _describe_exit(code: int) -> str:
+def _describe_exit(code: int, hung: bool = False) -> str:
     if code < 0:
         try:
-            return signal.Signals(-code).name
+            name = signal.Signals(-code).name
         except ValueError:
-            return f"signal {-code}"
+            name = f"signal {-code}"
+        return f"{name} (hung)" if hung else name
     return f"exit {code}"
 
 
@@ -240,10 +302,10 @@ def render_status(launcher: Launcher, monitor: TopicMonitor | None):
     from rich.table import Table
 
     nodes = Table(title=f"graph {launcher.graph.name}", expand=False)
-    for col in ("node", "status", "restarts", "downtime", "last exit"):
+    for col in ("node", "status", "restarts", "hangs", "downtime", "heartbeat", "last exit"):
         nodes.add_column(col)
-    for row in launcher.summary_rows():
-        nodes.add_row(row[0], row[1], str(row[2]), row[3], row[4])
+    for name, status, restarts, down, last_exit, beat, hangs in launcher.summary_rows():
+        nodes.add_row(name, status, str(restarts), str(hangs), down, beat, last_exit)
     if monitor is None:
         return nodes
     topics = Table(title="topics", expand=False)

@@ -9,7 +9,9 @@ A node file builds its inputs and outputs and runs a loop; this module holds the
   healthy must be marked so by the node.
 - `ShutdownFlag`: SIGINT/SIGTERM set a flag; loops check it and close their sockets cleanly.
 - `run_command`: a ``fusion`` sub-command run as a node process (the player and recorder nodes).
-- `StatsLine`: a periodic one-line summary (latency comes from `fusion.core.latency`).
+- `StatsLine`: a periodic one-line summary (latency comes from `fusion.core.latency`); its
+  `tick`, called from every node's loop, is also the node's heartbeat
+  (`fusion.runtime.heartbeat`), which the launcher's watchdog reads.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Protocol
 import zmq
 
 from fusion.errors import FusionError
+from fusion.runtime import heartbeat
 from fusion.runtime.security import CurveKeysAction
 from fusion.runtime.transport import SubscriberStats
 from fusion.wire import services
@@ -184,9 +187,15 @@ class Inputs:
                 found.append(f"{name} at {h.rate_hz:.1f} Hz of {monitor.nominal_rate_hz:g}")
         return "; ".join(found)
 
-    def counters(self) -> dict[str, dict[str, int]]:
+    def counters(self) -> dict[str, dict[str, object]]:
+        """Per input: the subscriber's counters and details (reconnects, senders forgotten,
+        malformed messages by reason) and ``invalid`` (what its validator flagged)."""
         return {
-            name: {**sub.stats.as_dict(), "invalid": self.monitors[name].invalid_count}
+            name: {
+                **sub.stats.as_dict(),
+                **sub.stats.details(),
+                "invalid": self.monitors[name].invalid_count,
+            }
             for name, sub in self.subscribers.items()
         }
 
@@ -222,7 +231,8 @@ class ShutdownFlag:
 
 
 class StatsLine:
-    """Logs one summary line every `period_s` (0 disables): what `summary()` returns."""
+    """Logs one summary line every `period_s` (0 disables): the node's heartbeat and what
+    `summary()` returns. `tick` beats the heartbeat: call it on every pass of the loop."""
 
     def __init__(self, name: str, period_s: float, summary: Callable[[], str]) -> None:
         self.name = name
@@ -232,9 +242,11 @@ class StatsLine:
 
     def tick(self, now_ns: int | None = None) -> None:
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        heart = heartbeat.this_process()
+        heart.beat(now_ns)
         if self.period_ns > 0 and now_ns >= self._next_ns:
             self._next_ns = now_ns + self.period_ns
-            log.info("[%s] %s", self.name, self.summary())
+            log.info("[%s] %s; %s", self.name, heart.summary(), self.summary())
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,21 +2,29 @@
 
 On one host nodes talk over ``ipc://`` sockets in a folder only their user can open (mode 0700,
 see `fusion.wire.services.ipc_dir`), so they need no keys. Across hosts, ``tcp://`` traffic can be
-encrypted and authenticated with CurveZMQ: set ``FUSION_CURVE_DIR`` (or pass ``--curve-keys
-DIR`` to any node) to a folder made by ``fusion keys DIR``:
+encrypted and authenticated with CurveZMQ, the way SSH does it: every host (or every node, for
+finer grain) has its own key pair, and its secret key never leaves it. Set ``FUSION_CURVE_DIR``
+(or pass ``--curve-keys DIR`` to any node) to the host's folder made by ``fusion keys DIR``:
 
-- ``server.key`` / ``server.key_secret``: the key pair of every binding socket (a publisher, as
-  a rule). A connecting socket refuses a server that cannot prove it holds this secret.
-- ``client.key`` / ``client.key_secret``: the key pair of connecting sockets (subscribers);
-  ``FUSION_CURVE_CLIENT=NAME`` picks ``NAME.key_secret`` instead, for one key pair per host.
-- ``authorized/*.key``: the public keys a server accepts. A client whose key is not there is
-  refused and the refusal is logged with its key; the folder is read again on every
-  handshake, so deleting a key file revokes that client without restarting anything.
+- ``id.key`` / ``id.key_secret``: this host's key pair (``FUSION_CURVE_ID=NAME`` picks
+  ``NAME.key_secret`` instead, one pair per node). The secret file is written with mode 0600
+  and refused when group or others can read it, as ssh does; it is never copied anywhere.
+- ``authorized_keys``: one line per trusted peer, ``<public key> <name> [<name>...]``, the line
+  ``fusion keys`` prints on that peer (a line starting with ``#`` is a comment). It decides both
+  directions: a peer connecting to one of this host's binding sockets (a publisher, as a rule)
+  is accepted only if its key is listed (the ZAP handler reads the file again on every
+  handshake); and a socket of this host connecting to ``tcp://HOST:PORT`` proves the far end by
+  the key listed under the name ``HOST:PORT`` or ``HOST`` (a connection to a host that is not
+  listed is refused before it is made).
 
-Secret files are written with mode 0600 and refused when group or others can read them, as ssh
-does. The files are pyzmq certificates (`zmq.auth.load_certificate` reads them). Handshake
-failures of any secured socket are counted in its `HandshakeWatch` and logged (rate-limited),
-so a peer with the wrong key shows up in the log of both ends that can see it.
+Revoking a peer is deleting its line (``fusion keys DIR --revoke NAME``): it can no longer
+connect, and binding sockets that notice a key gone (`AuthorizedKeys.revision`, checked about
+once a second) drop all their connections, so a revoked peer that was connected is cut off while
+every other peer reconnects and proves itself again. Since each host holds only its own secret,
+a revoked host cannot pose as another. The key files are pyzmq certificates
+(`zmq.auth.load_certificate` reads them). Handshake failures of any secured socket are counted
+in its `fusion.runtime.watch.ConnectionWatch` and logged here (rate-limited), so a peer with the
+wrong key shows up in the log of both ends that can see it.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import argparse
 import datetime
 import logging
 import os
+import socket as pysocket
 import stat
 import threading
 import time
@@ -34,65 +43,67 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils.monitor import recv_monitor_message
+from zmq.utils import z85
 
+from fusion.core.ratelog import RateLimitedLog
 from fusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 KEYS_DIR_ENV = "FUSION_CURVE_DIR"
-CLIENT_NAME_ENV = "FUSION_CURVE_CLIENT"
-SERVER_NAME = "server"
-DEFAULT_CLIENT_NAME = "client"
-AUTHORIZED_DIR = "authorized"
-#: Handshake failures are logged at most once per this many seconds per socket.
-REFUSAL_LOG_PERIOD_S = 5.0
-
-_HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+IDENTITY_ENV = "FUSION_CURVE_ID"
+DEFAULT_IDENTITY = "id"
+AUTHORIZED_KEYS = "authorized_keys"
+#: What a failed handshake of a secured socket suggests checking.
+FAILURE_HINT = (
+    "check that each end lists the other's public key in its authorized_keys "
+    "(`fusion keys DIR --authorize LINE`)"
 )
+#: A binding socket looks for revoked keys at most this often.
+REVOCATION_CHECK_S = 1.0
+
 _PUBLIC_BANNER = "#   ZeroMQ CURVE public certificate made by `fusion keys` on {when}\n\n"
 _SECRET_BANNER = (
     "#   ZeroMQ CURVE **secret** certificate made by `fusion keys` on {when}\n"
-    "#   Do not share this file or loosen its permissions (0600).\n\n"
+    "#   Do not share this file, copy it to another host or loosen its permissions (0600).\n\n"
+)
+_AUTHORIZED_BANNER = (
+    "# Peers this host trusts, one per line: <public key> <name> [<name>...]\n"
+    "# A peer listed here may connect to this host's binding sockets; a name HOST or HOST:PORT\n"
+    "# is the key this host expects of the socket it connects to at tcp://HOST:PORT.\n"
 )
 
 
 @dataclass(frozen=True)
 class CurveConfig:
-    """Where a node's CurveZMQ keys are (a folder made by ``fusion keys``)."""
+    """Where a host's CurveZMQ keys are (a folder made by ``fusion keys``) and which of its key
+    pairs a node uses."""
 
     keys_dir: Path
-    client_name: str = DEFAULT_CLIENT_NAME
+    identity: str = DEFAULT_IDENTITY
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys_dir", Path(self.keys_dir))
 
     @classmethod
     def from_env(cls) -> CurveConfig | None:
-        """The config named by ``FUSION_CURVE_DIR`` (and ``FUSION_CURVE_CLIENT``), or None."""
+        """The config named by ``FUSION_CURVE_DIR`` (and ``FUSION_CURVE_ID``), or None."""
         folder = os.environ.get(KEYS_DIR_ENV)
         if not folder:
             return None
-        return cls(Path(folder), os.environ.get(CLIENT_NAME_ENV) or DEFAULT_CLIENT_NAME)
+        return cls(Path(folder), os.environ.get(IDENTITY_ENV) or DEFAULT_IDENTITY)
 
     @property
-    def server_secret_file(self) -> Path:
-        return self.keys_dir / f"{SERVER_NAME}.key_secret"
+    def secret_file(self) -> Path:
+        return self.keys_dir / f"{self.identity}.key_secret"
 
     @property
-    def server_public_file(self) -> Path:
-        return self.keys_dir / f"{SERVER_NAME}.key"
+    def public_file(self) -> Path:
+        return self.keys_dir / f"{self.identity}.key"
 
     @property
-    def client_secret_file(self) -> Path:
-        return self.keys_dir / f"{self.client_name}.key_secret"
-
-    @property
-    def authorized_dir(self) -> Path:
-        return self.keys_dir / AUTHORIZED_DIR
+    def authorized_keys(self) -> Path:
+        return self.keys_dir / AUTHORIZED_KEYS
 
 
 # -- key files -----------------------------------------------------------------------------
@@ -101,7 +112,7 @@ class CurveConfig:
 def write_keypair(folder: Path | str, name: str) -> tuple[Path, Path]:
     """Make a key pair: ``NAME.key`` (public, 0644) and ``NAME.key_secret`` (0600).
 
-    Refuses to overwrite existing files (a replaced server key locks every client out)."""
+    Refuses to overwrite existing files (a replaced key locks this host out of every peer)."""
     folder = Path(folder)
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"key name {name!r} must be a plain file name")
@@ -159,127 +170,169 @@ def load_keypair(path: Path) -> tuple[bytes, bytes]:
     return public, secret
 
 
-# -- sockets -------------------------------------------------------------------------------
+# -- authorised keys ---------------------------------------------------------------------
 
 
-class HandshakeWatch:
-    """Counts a secured socket's successful and failed handshakes and logs the failures.
-
-    A thread reads the socket's monitor events and ends when the socket is closed."""
-
-    def __init__(self, socket: zmq.Socket, label: str) -> None:
-        self.label = label
-        self.succeeded = 0
-        self.failed = 0
-        self.last_error = ""
-        self._last_log_s = -REFUSAL_LOG_PERIOD_S
-        monitor = socket.get_monitor_socket(_HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self._thread = threading.Thread(
-            target=self._run, args=(monitor,), name=f"handshakes {label}", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, monitor: zmq.Socket) -> None:
+def parse_authorized_keys(text: str, source: str) -> dict[bytes, tuple[str, ...]]:
+    """Public key (z85) -> its names, from the text of an authorized_keys file. Raises
+    `ConfigError` naming the line for anything that is not ``<40-character key> <name>...``."""
+    keys: dict[bytes, tuple[str, ...]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):  # z85 keys may hold '#': whole lines only
+            continue
+        key = fields[0].encode()
         try:
-            while True:
-                event = recv_monitor_message(monitor)
-                kind = event["event"]
-                if kind == zmq.EVENT_MONITOR_STOPPED:
-                    return
-                if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    self.succeeded += 1
-                    continue
-                self.failed += 1
-                self.last_error = f"{zmq.Event(kind).name} (value {event['value']})"
-                self._log_failure(event["endpoint"])
-        except zmq.ZMQError:
-            return
-        finally:
-            monitor.close(0)
-
-    def _log_failure(self, endpoint: bytes) -> None:
-        now_s = time.monotonic()
-        if now_s - self._last_log_s >= REFUSAL_LOG_PERIOD_S:
-            self._last_log_s = now_s
-            log.warning(
-                "CurveZMQ %s: a handshake on %s failed: %s (%d so far); check that both ends "
-                "use keys from the same `fusion keys` folder",
-                self.label,
-                endpoint.decode(errors="replace"),
-                self.last_error,
-                self.failed,
+            valid = len(key) == 40 and len(z85.decode(key)) == 32
+        except (ValueError, KeyError, IndexError, TypeError):
+            valid = False
+        if not valid or len(fields) < 2:
+            raise ConfigError(
+                f"{source} line {number} must be '<40-character public key> <name>...', "
+                f"got {line.strip()[:80]!r}"
             )
+        keys[key] = tuple(fields[1:])
+    return keys
 
 
-class _AuthorizedKeys:
-    """The ZAP callback: a client is allowed when its public key is in the folder."""
+class AuthorizedKeys:
+    """One authorized_keys file: the ZAP callback for binding sockets, the server keys of
+    connecting ones, and a `revision` that goes up whenever a key disappears from it."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.refused = 0
+        self.revision = 0
+        self._log = RateLimitedLog(log)
+        self._lock = threading.Lock()
+        self._mtime_ns = -1
+        self._keys: dict[bytes, tuple[str, ...]] = {}
+        self.refresh(strict=True)
+
+    def refresh(self, *, strict: bool = False) -> dict[bytes, tuple[str, ...]]:
+        """The keys, read again if the file changed. A file that became unreadable or malformed
+        trusts nobody (logged) unless `strict`, where it raises `ConfigError`."""
+        with self._lock:
+            try:
+                mtime_ns = self.path.stat().st_mtime_ns
+                if mtime_ns == self._mtime_ns:
+                    return self._keys
+                keys = parse_authorized_keys(self.path.read_text(), str(self.path))
+            except (OSError, ConfigError) as exc:
+                if strict:
+                    raise ConfigError(
+                        f"cannot read {self.path}: {exc}; make it with `fusion keys DIR`"
+                    ) from exc
+                log.warning(
+                    "%s is unusable (%s); trusting no peer until it is fixed", self.path, exc
+                )
+                mtime_ns, keys = -1, {}
+            if set(self._keys) - set(keys):
+                self.revision += 1
+            self._mtime_ns, self._keys = mtime_ns, keys
+            return keys
 
     def callback(self, _domain: str, client_key: bytes) -> bool:
-        try:
-            allowed = client_key in zmq.auth.load_certificates(self.folder)
-        except OSError:
-            allowed = False
+        allowed = client_key in self.refresh()
         if not allowed:
             self.refused += 1
-            log.warning(
-                "refused a CurveZMQ client with public key %s: not in %s",
-                client_key.decode(errors="replace"),
-                self.folder,
+            self._log.warning(
+                "refused",
+                f"refused a CurveZMQ client with public key "
+                f"{client_key.decode(errors='replace')}: not in {self.path}",
             )
         return allowed
 
+    def server_key(self, endpoint: str) -> bytes:
+        """The key listed for the host of ``tcp://HOST:PORT`` (under ``HOST:PORT`` or ``HOST``)."""
+        address = endpoint[len("tcp://") :]
+        host = address.rpartition(":")[0].strip("[]")
+        keys = self.refresh()
+        for name in (address, host):
+            for key, names in keys.items():
+                if name in names:
+                    return key
+        raise ConfigError(
+            f"no key for {address} in {self.path}: add the line `fusion keys` printed on that "
+            f"host, named {host} (`fusion keys DIR --authorize 'KEY {host}'`)"
+        )
 
-_authenticators: dict[int, tuple[ThreadAuthenticator, dict[str, _AuthorizedKeys]]] = {}
+
+_authenticators: dict[int, tuple[ThreadAuthenticator, set[str]]] = {}
+_files: dict[str, AuthorizedKeys] = {}
 _auth_lock = threading.Lock()
 
 
-def authorized_keys(context: zmq.Context, folder: Path) -> tuple[str, _AuthorizedKeys]:
-    """The ZAP domain (one per folder) whose handler checks client keys against `folder`;
-    the handler thread starts once per context."""
-    if not folder.is_dir():
-        raise ConfigError(
-            f"no authorised client keys at {folder}; make them with "
-            "`fusion keys DIR`, then copy each client's .key file there"
-        )
-    domain = str(folder.resolve())
+def keys_file(path: Path) -> AuthorizedKeys:
+    """The one `AuthorizedKeys` of `path` in this process."""
+    name = str(path.resolve())
+    with _auth_lock:
+        if name not in _files:
+            _files[name] = AuthorizedKeys(path)
+        return _files[name]
+
+
+def authorized_keys(context: zmq.Context, path: Path) -> tuple[str, AuthorizedKeys]:
+    """The ZAP domain (one per file) whose handler checks peer keys against `path`; the handler
+    thread starts once per context."""
+    keys = keys_file(path)
+    domain = str(path.resolve())
     with _auth_lock:
         if id(context) not in _authenticators:
             auth = ThreadAuthenticator(
                 context, log=logging.getLogger("fusion.runtime.security.zap")
             )
             auth.start()
-            _authenticators[id(context)] = (auth, {})
-        auth, checkers = _authenticators[id(context)]
-        if domain not in checkers:
-            checkers[domain] = _AuthorizedKeys(folder)
-            auth.configure_curve_callback(domain=domain, credentials_provider=checkers[domain])
-        return domain, checkers[domain]
+            _authenticators[id(context)] = (auth, set())
+        auth, domains = _authenticators[id(context)]
+        if domain not in domains:
+            domains.add(domain)
+            auth.configure_curve_callback(domain=domain, credentials_provider=keys)
+        return domain, keys
+
+
+class RevocationWatch:
+    """For a binding socket: whether a key was revoked since it last bound (checked at most
+    every `REVOCATION_CHECK_S`); the socket then drops every connection and binds again."""
+
+    def __init__(self, keys: AuthorizedKeys) -> None:
+        self.keys = keys
+        self._revision = keys.revision
+        self._next_check_s = time.monotonic() + REVOCATION_CHECK_S
+
+    def revoked(self) -> bool:
+        now_s = time.monotonic()
+        if now_s < self._next_check_s:
+            return False
+        self._next_check_s = now_s + REVOCATION_CHECK_S
+        self.keys.refresh()
+        if self.keys.revision == self._revision:
+            return False
+        self._revision = self.keys.revision
+        return True
 
 
 def secure_socket(
     socket: zmq.Socket, endpoint: str, *, server: bool, curve: CurveConfig | None
-) -> HandshakeWatch | None:
+) -> RevocationWatch | bool:
     """Make `socket` a CurveZMQ server (binding side) or client before it binds or connects.
 
     Only ``tcp://`` endpoints are secured (``ipc://`` sockets sit in a private folder). Returns
-    the socket's `HandshakeWatch`, or None when nothing was secured."""
+    False when nothing was secured, else True for a client and the server's `RevocationWatch`."""
     if curve is None or not endpoint.startswith("tcp://"):
-        return None
+        return False
+    public, secret = load_keypair(curve.secret_file)
     if server:
-        public, secret = load_keypair(curve.server_secret_file)
-        domain, _ = authorized_keys(socket.context, curve.authorized_dir)
+        domain, keys = authorized_keys(socket.context, curve.authorized_keys)
         socket.zap_domain = domain.encode()
         socket.curve_server = True
+        secured: RevocationWatch | bool = RevocationWatch(keys)
     else:
-        public, secret = load_keypair(curve.client_secret_file)
-        socket.curve_serverkey = load_public_key(curve.server_public_file)
+        socket.curve_serverkey = keys_file(curve.authorized_keys).server_key(endpoint)
+        secured = True
     socket.curve_publickey = public
     socket.curve_secretkey = secret
-    return HandshakeWatch(socket, "server" if server else "client")
+    return secured
 
 
 class CurveKeysAction(argparse.Action):
@@ -294,37 +347,70 @@ class CurveKeysAction(argparse.Action):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", help="folder for the key files (created if missing)")
+    parser.add_argument("folder", help="this host's key folder (created if missing)")
     parser.add_argument(
-        "--client",
-        action="append",
-        default=None,
+        "--id",
+        default=DEFAULT_IDENTITY,
         metavar="NAME",
-        help="make the client key pair NAME (repeatable; default: one named 'client'); "
-        "its public key is authorised",
+        help=f"the key pair NAME.key(_secret) (default {DEFAULT_IDENTITY}; one per node if wanted)",
     )
     parser.add_argument(
-        "--no-server", action="store_true", help="make client keys only (the server exists)"
+        "--host",
+        default=None,
+        help="the name peers reach this host by, for the printed line (default: host name)",
     )
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument(
+        "--authorize",
+        metavar="LINE",
+        help="add a peer's line ('<public key> <name>...', as `fusion keys` printed it there)",
+    )
+    action.add_argument(
+        "--revoke", metavar="NAME", help="remove the lines of a peer (by name or public key)"
+    )
+    action.add_argument(
+        "--show", action="store_true", help="print this host's line for its peers' files"
+    )
+
+
+def line_for(public_file: Path, host: str) -> str:
+    """The authorized_keys line of the key pair whose public key is `public_file`."""
+    return f"{load_public_key(public_file).decode()} {host}"
 
 
 def run(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
-    made = []
-    if not args.no_server:
-        made += write_keypair(folder, SERVER_NAME)
-    authorized = folder / AUTHORIZED_DIR
-    authorized.mkdir(parents=True, exist_ok=True)
-    for name in args.client or [DEFAULT_CLIENT_NAME]:
-        public_file, secret_file = write_keypair(folder, name)
-        copy = authorized / public_file.name
-        copy.write_bytes(public_file.read_bytes())
-        made += [public_file, secret_file, copy]
-    for path in made:
-        print(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = folder / AUTHORIZED_KEYS
+    if not listed.exists():
+        listed.write_text(_AUTHORIZED_BANNER)
+    host = args.host or pysocket.gethostname()
+    if args.authorize:
+        keys = parse_authorized_keys(args.authorize, "--authorize")
+        with listed.open("a") as f:
+            f.write(args.authorize.strip() + "\n")
+        print(f"authorised {', '.join(' '.join(n) for n in keys.values())} in {listed}")
+        return 0
+    if args.revoke:
+        lines = listed.read_text().splitlines(keepends=True)
+        kept = [
+            line
+            for line in lines
+            if line.lstrip().startswith("#") or args.revoke not in line.split()
+        ]
+        if len(kept) == len(lines):
+            raise ConfigError(f"no line of {listed} names {args.revoke!r}")
+        tmp = listed.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(listed)
+        print(f"revoked {len(lines) - len(kept)} key(s) of {args.revoke!r} in {listed}")
+        return 0
+    public_file = folder / f"{args.id}.key"
+    if not args.show:
+        public_file, secret_file = write_keypair(folder, args.id)
+        print(f"made {public_file} and {secret_file} (private: never copy it to another host)")
     print(
-        f"copy {folder} to every host; set {KEYS_DIR_ENV}={folder} (or --curve-keys) for each "
-        f"node. Keep the .key_secret files private; revoke a client by deleting its key from "
-        f"{authorized}."
+        f"this host's line for its peers (on each, `fusion keys DIR --authorize LINE`):\n"
+        f"{line_for(public_file, host)}"
     )
     return 0

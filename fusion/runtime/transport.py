@@ -21,24 +21,36 @@ Transport behaviour that surprises people, stated up front:
   (rate-limited); `recv` goes on to the next one.
 - **Nothing listens beyond this host unless told.** Binding ``tcp://`` on all interfaces is
   refused unless ``FUSION_ALLOW_PUBLIC_BIND=1``; ``tcp://`` sockets use CurveZMQ when
-  ``FUSION_CURVE_DIR`` names a key folder (`fusion.runtime.security`), and a subscriber refuses any
-  frame over `MAX_MESSAGE_BYTES` before allocating it (ZMQ_MAXMSGSIZE drops the connection).
+  ``FUSION_CURVE_DIR`` names a key folder (`fusion.runtime.security`).
+- **One oversized frame does not silence a subscriber.** A subscriber refuses any frame over
+  `MAX_MESSAGE_BYTES` before allocating it (``ZMQ_MAXMSGSIZE``); libzmq then drops that
+  connection and, for a protocol error, never retries it. A connecting subscriber watches its
+  connection (`fusion.runtime.watch.ConnectionWatch`) and connects again itself, counting
+  ``reconnects`` and logging it; a publisher refuses to send a frame that large.
+- **Tables keyed by what arrives are bounded.** ``seq`` is tracked per sender (``sensor_id``)
+  for at most `MAX_TRACKED_SENDERS` senders (the least recently heard is forgotten, counted as
+  ``senders_forgotten``), and a ``seq`` jump beyond `MAX_SEQ_GAP` counts as a restart of the
+  sender rather than as that many lost messages.
 - **Set options before connecting.** Changing the high-water mark on a connected socket can
   deadlock the sender, so every option is set before ``bind``/``connect``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import zmq
 
 from fusion.core.ratelog import RateLimitedLog
-from fusion.errors import ConfigError, DecodeError
-from fusion.runtime.security import CurveConfig, HandshakeWatch, secure_socket
+from fusion.errors import ConfigError, DecodeError, EncodeError
+from fusion.runtime import heartbeat, security
+from fusion.runtime.security import CurveConfig, RevocationWatch, secure_socket
+from fusion.runtime.watch import ConnectionWatch
 from fusion.wire import codec, services
 from fusion.wire.messages import Message
 
@@ -59,6 +71,15 @@ LATE_SEQ_WINDOW = 256
 #: Largest frame a subscriber accepts (ZMQ_MAXMSGSIZE applies per frame; a larger one drops the
 #: connection before anything is allocated for it).
 MAX_MESSAGE_BYTES = 4 * codec.MAX_BUFFER_BYTES
+#: A connection that was refused is made again after this, doubling up to the maximum.
+RECONNECT_BACKOFF_S = 0.2
+RECONNECT_BACKOFF_MAX_S = 5.0
+#: Longest wait for an endpoint to be free again after dropping its connections.
+REBIND_TIMEOUT_S = 5.0
+#: Senders (``sensor_id``) whose ``seq`` a subscriber tracks; a topic has one or a few.
+MAX_TRACKED_SENDERS = 64
+#: A ``seq`` this far ahead of the last is a sender that restarted elsewhere, not lost messages.
+MAX_SEQ_GAP = 1 << 20
 
 
 def _check_endpoint(url: str, bind: bool) -> None:
@@ -77,15 +98,26 @@ def _allow_public_bind() -> bool:
 
 def _open(
     socket: zmq.Socket, url: str, bind: bool, curve: CurveConfig | None, watch: bool = False
-) -> HandshakeWatch | None:
+) -> tuple[RevocationWatch | bool, ConnectionWatch | None]:
     """Check `url`, set up CurveZMQ on ``tcp://`` when `curve` (or ``FUSION_CURVE_DIR``) says so
     (the binding side is the Curve server; see `fusion.runtime.security`), then bind or connect.
-    With `watch`, handshakes are counted even without Curve. The socket is closed on any failure."""
+    Returns what `secure_socket` says (False: not secured; a binding socket's
+    `RevocationWatch`) and the socket's `ConnectionWatch`: made for a secured socket, or with
+    `watch`. The socket is closed on any failure."""
     _check_endpoint(url, bind)
     try:
-        security = secure_socket(socket, url, server=bind, curve=curve or CurveConfig.from_env())
-        if security is None and watch:
-            security = HandshakeWatch(socket, url)
+        secured = secure_socket(socket, url, server=bind, curve=curve or CurveConfig.from_env())
+        watcher = None
+        if secured:
+            role = "server" if bind else "client"
+            watcher = ConnectionWatch(
+                socket,
+                f"CurveZMQ {role}",
+                failure_log=security.log,
+                failure_hint=security.FAILURE_HINT,
+            )
+        elif watch:
+            watcher = ConnectionWatch(socket, url, failure_log=log)
         if bind:
             socket.bind(url)
         else:
@@ -96,7 +128,29 @@ def _open(
     except zmq.ZMQError as exc:
         socket.close(0)
         raise ConfigError(f"cannot {'bind' if bind else 'connect'} {url}: {exc}") from exc
-    return security
+    return secured, watcher
+
+
+def _drop_connections(socket: zmq.Socket, endpoint: str, topic: str) -> None:
+    """A key was revoked: unbind (which drops every connection made through the endpoint) and
+    bind again, so every peer proves itself in a new handshake and a revoked one is refused."""
+    log.warning(
+        "%s: a key was removed from the authorised keys; dropping every connection to %s so "
+        "that each peer is checked again",
+        topic,
+        endpoint,
+    )
+    socket.unbind(endpoint)
+    # libzmq closes the listener in its I/O thread: the address is free a moment later.
+    deadline = time.monotonic() + REBIND_TIMEOUT_S
+    while True:
+        try:
+            socket.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise ConfigError(f"cannot bind {endpoint} again: {exc}") from exc
+            time.sleep(0.01)
 
 
 class Publisher:
@@ -129,11 +183,22 @@ class Publisher:
         hwm = sndhwm or (LATEST_ONLY_SNDHWM if svc.latest_only else QUEUED_SNDHWM)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)
-        self.security = _open(self.socket, self.endpoint, bind, curve)
+        secured, self.security = _open(self.socket, self.endpoint, bind, curve)
+        self._revocations = secured if isinstance(secured, RevocationWatch) else None
 
     def send(self, msg: Message) -> None:
+        """Send `msg`; raises `EncodeError` for a message that cannot be encoded or that has a
+        frame over `MAX_MESSAGE_BYTES` (every subscriber would drop its connection for it)."""
+        if self._revocations is not None and self._revocations.revoked():
+            _drop_connections(self.socket, self.endpoint, self.topic)
         msg.trace["published"] = time.monotonic_ns()
         frames = codec.encode(self.topic, msg)
+        largest = max(len(f) for f in frames)
+        if largest > MAX_MESSAGE_BYTES:
+            raise EncodeError(
+                f"{self.topic}: a frame of {largest} bytes is over the {MAX_MESSAGE_BYTES} "
+                "subscribers accept; not sent"
+            )
         self.socket.send_multipart(frames, copy=False)
         self.sent += 1
 
@@ -157,6 +222,7 @@ class Publisher:
             if remaining_ms <= 0:
                 return False
             self.socket.poll(min(remaining_ms, 50), zmq.POLLIN)
+            heartbeat.beat()
         # The subscription reaches us slightly before the subscriber's pipe is ready.
         time.sleep(0.02)
         return True
@@ -186,14 +252,30 @@ class SubscriberStats:
     rejected: int = 0
     lost: int = 0
     restarts: int = 0
+    #: connections libzmq gave up on (an oversized frame) that the subscriber made again
+    reconnects: int = 0
+    #: senders whose ``seq`` was no longer tracked, to bound the table (`MAX_TRACKED_SENDERS`)
+    senders_forgotten: int = 0
     last_receive_ns: int = 0
     last_error: str = ""
-    last_seq: dict[str, int] = field(default_factory=dict)
+    #: rejected messages by `fusion.errors.DecodeError.reason`
+    rejected_by: Counter[str] = field(default_factory=Counter)
+    #: sender (``sensor_id``) -> its last ``seq``, least recently heard first
+    last_seq: OrderedDict[str, int] = field(default_factory=OrderedDict)
 
     def as_dict(self) -> dict[str, int]:
+        """The message counters (what arrived and what became of it)."""
         return {
             k: getattr(self, k)
             for k in ("received", "delivered", "skipped", "rejected", "lost", "restarts")
+        }
+
+    def details(self) -> dict[str, object]:
+        """What `as_dict` leaves out: reconnects, senders forgotten, rejections by reason."""
+        return {
+            "reconnects": self.reconnects,
+            "senders_forgotten": self.senders_forgotten,
+            "rejected_by": dict(self.rejected_by),
         }
 
 
@@ -223,6 +305,11 @@ class Subscriber:
         self._message_type = svc.message_type
         self.stats = SubscriberStats()
         self._missing: dict[str, set[int]] = {}
+        self._bind = bind
+        self._reconnect_at_s: float | None = None
+        self._backoff_s = 0.0
+        self._handshakes_seen = 0
+        self._failures_seen = 0
         self._log = RateLimitedLog(log)
         ctx = context or zmq.Context.instance()
         self.socket = ctx.socket(zmq.SUB)
@@ -231,7 +318,13 @@ class Subscriber:
         self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        self.security = _open(self.socket, self.endpoint, bind, curve, watch=track_connection)
+        # A connecting subscriber always watches its connection, to make again one that libzmq
+        # gave up on; `security` shows the watch where Curve or the caller asked for it.
+        secured, self._watch = _open(
+            self.socket, self.endpoint, bind, curve, watch=track_connection or not bind
+        )
+        self.security = self._watch if secured or track_connection else None
+        self._revocations = secured if isinstance(secured, RevocationWatch) else None
 
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until a connection to a publisher is up, or `timeout_s` passes. Needs
@@ -244,6 +337,7 @@ class Subscriber:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
+            heartbeat.beat()
         time.sleep(0.02)  # the subscription follows the handshake
         return True
 
@@ -268,7 +362,44 @@ class Subscriber:
             if not self.socket.poll(wait_ms, zmq.POLLIN):
                 return None
 
+    def _reconnect_if_dropped(self) -> None:
+        """Connect again when libzmq gave up on our connection (see `ConnectionWatch`): at once
+        after a connection that worked, else after a backoff (a refused peer is not hammered)."""
+        watch = self._watch
+        if watch is None or self._bind:
+            return
+        now_s = time.monotonic()
+        if self._reconnect_at_s is None:
+            if not watch.take_dead(now_s):
+                return
+            if watch.succeeded > self._handshakes_seen:  # the last connection worked
+                self._backoff_s = 0.0
+            self._handshakes_seen = watch.succeeded
+            self._reconnect_at_s = now_s + self._backoff_s
+        if now_s < self._reconnect_at_s:
+            return
+        self._reconnect_at_s = None
+        self._backoff_s = min(
+            max(2 * self._backoff_s, RECONNECT_BACKOFF_S), RECONNECT_BACKOFF_MAX_S
+        )
+        self.stats.reconnects += 1
+        cause = f"a frame over {MAX_MESSAGE_BYTES} bytes, or a protocol error"
+        if watch.failed > self._failures_seen:
+            cause = f"a handshake failed: {watch.last_error}"
+        self._failures_seen = watch.failed
+        self._log.warning(
+            "reconnect",
+            f"{self.topic}: the connection to {self.endpoint} was dropped and not retried "
+            f"({cause}); connecting again (reconnect #{self.stats.reconnects})",
+        )
+        with contextlib.suppress(zmq.ZMQError):  # libzmq may have forgotten the endpoint
+            self.socket.disconnect(self.endpoint)
+        self.socket.connect(self.endpoint)
+
     def _drain_one_batch(self) -> tuple[list[zmq.Frame], Message] | None:
+        self._reconnect_if_dropped()
+        if self._revocations is not None and self._revocations.revoked():
+            _drop_connections(self.socket, self.endpoint, self.topic)
         newest = None
         while True:
             try:
@@ -295,11 +426,14 @@ class Subscriber:
         try:
             topic, msg = codec.decode(frames)
             if topic != self.topic:
-                raise DecodeError(f"topic {topic!r} on the {self.topic!r} subscription")
+                raise DecodeError(f"topic {topic!r} on the {self.topic!r} subscription", "topic")
             if not isinstance(msg, self._message_type):
-                raise DecodeError(f"{type(msg).__name__} on the {self.topic!r} subscription")
+                raise DecodeError(
+                    f"{type(msg).__name__} on the {self.topic!r} subscription", "topic_type"
+                )
         except DecodeError as exc:
             self.stats.rejected += 1
+            self.stats.rejected_by[exc.reason] += 1
             self.stats.last_error = str(exc)
             self._log.warning("rejected", f"{self.topic}: rejected malformed message: {exc}")
             return None
@@ -308,10 +442,24 @@ class Subscriber:
 
     def _track_seq(self, msg: Message) -> None:
         sensor, seq = msg.sensor_id, msg.seq
-        last = self.stats.last_seq.get(sensor)
+        senders = self.stats.last_seq
+        last = senders.get(sensor)
+        if last is None and len(senders) >= MAX_TRACKED_SENDERS:
+            forgotten, _ = senders.popitem(last=False)
+            self._missing.pop(forgotten, None)
+            self.stats.senders_forgotten += 1
+            self._log.warning(
+                "senders",
+                f"{self.topic}: more than {MAX_TRACKED_SENDERS} senders (sensor_id); no longer "
+                f"tracking the seq of {forgotten!r:.80}",
+            )
         if last is not None:
+            senders.move_to_end(sensor)
             missing = self._missing.setdefault(sensor, set())
-            if seq > last + 1:
+            if seq - last > MAX_SEQ_GAP:
+                self.stats.restarts += 1  # a jump no queue could lose: a new seq origin
+                missing.clear()
+            elif seq > last + 1:
                 self.stats.lost += seq - last - 1
                 missing.update(range(max(last + 1, seq - LATE_SEQ_WINDOW), seq))
                 if len(missing) > 2 * LATE_SEQ_WINDOW:
@@ -323,7 +471,7 @@ class Subscriber:
                     self.stats.lost -= 1
                     return
                 missing.clear()  # the sender restarted: its old gaps will not be filled
-        self.stats.last_seq[sensor] = seq
+        senders[sensor] = seq
 
     def close(self) -> None:
         self.socket.close()

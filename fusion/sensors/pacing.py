@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 
+from fusion.runtime import heartbeat
 from fusion.wire.messages import Message, restamp
 
 
@@ -72,7 +73,7 @@ class Pacer:
             self.skipped += 1
             return None
         if due > now:
-            time.sleep((due - now) / 1e9)
+            heartbeat.sleep((due - now) / 1e9)  # a wait for the epoch may last seconds
         return due
 
 

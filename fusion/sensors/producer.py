@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterable
 
-from fusion.runtime import node
+from fusion.runtime import heartbeat, node
 from fusion.sensors.pacing import Pacer, epoch_from_env
 from fusion.wire.messages import Message
 
@@ -55,5 +55,6 @@ def run(
             if shutdown:
                 break
             send(topic, msg)
+            heartbeat.beat()
         if not args.loop:
             break

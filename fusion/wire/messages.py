@@ -85,6 +85,10 @@ GT_BOX_DTYPE = np.dtype(
 )
 
 IMAGE_ENCODINGS = ("bgr8", "rgb8", "mono8", "jpeg")
+#: The clocks `capture_ns` may be on (see the module docstring).
+CLOCKS = ("monotonic", "realtime", "sim", "assigned")
+#: How a `Detections` message was made.
+DETECTION_MODES = ("fused", "camera_only", "radar_only")
 
 #: An array field's fixed dtype and the numbers of dimensions it may have.
 ArraySpec = tuple[np.dtype, tuple[int, ...]]
@@ -110,6 +114,14 @@ class Message:
     def replace(self, **changes: object) -> Message:
         return dataclasses.replace(self, **changes)
 
+    def wire_problem(self) -> str | None:
+        """What `docs/wire-format.md` rules out beyond field types and dtypes (a value outside
+        its enumeration, an array shape its type does not allow), or None. The codec refuses to
+        encode or decode a message with a problem."""
+        if self.clock not in CLOCKS:
+            return f"clock {self.clock!r:.40} is not one of {', '.join(CLOCKS)}"
+        return None
+
 
 @dataclass(kw_only=True)
 class CameraFrame(Message):
@@ -128,6 +140,20 @@ class CameraFrame(Message):
     def __post_init__(self) -> None:
         if self.encoding != "jpeg" and self.image.ndim >= 2 and not self.width_px:
             self.height_px, self.width_px = int(self.image.shape[0]), int(self.image.shape[1])
+
+    def wire_problem(self) -> str | None:
+        if self.encoding not in IMAGE_ENCODINGS:
+            return f"encoding {self.encoding!r:.40} is not one of {', '.join(IMAGE_ENCODINGS)}"
+        shape = self.image.shape
+        fits = {
+            "bgr8": len(shape) == 3 and shape[2] == 3,
+            "rgb8": len(shape) == 3 and shape[2] == 3,
+            "mono8": len(shape) == 2,
+            "jpeg": len(shape) == 1,
+        }[self.encoding]
+        if not fits:
+            return f"image of shape {list(shape)} does not fit encoding {self.encoding!r}"
+        return super().wire_problem()
 
 
 @dataclass(kw_only=True)
@@ -158,6 +184,11 @@ class Detections(Message):
     source_seqs: dict[str, int] = field(default_factory=dict)
 
     ARRAY_FIELDS: ClassVar[dict[str, ArraySpec]] = {"objects": (DETECTION_DTYPE, (1,))}
+
+    def wire_problem(self) -> str | None:
+        if self.mode not in DETECTION_MODES:
+            return f"mode {self.mode!r:.40} is not one of {', '.join(DETECTION_MODES)}"
+        return super().wire_problem()
 
 
 @dataclass(kw_only=True)
@@ -199,6 +230,14 @@ class Calibration(Message):
         "intrinsics": (np.dtype("<f8"), (2,)),
         "distortion": (np.dtype("<f8"), (1,)),
     }
+
+    def wire_problem(self) -> str | None:
+        if self.sensor_to_ref.shape != (4, 4) or self.intrinsics.shape != (3, 3):
+            return (
+                f"sensor_to_ref must be 4x4 and intrinsics 3x3, got "
+                f"{list(self.sensor_to_ref.shape)} and {list(self.intrinsics.shape)}"
+            )
+        return super().wire_problem()
 
 
 #: `ReplayControl.sent_until_ns` once a replay has sent everything: no message is still to come.
