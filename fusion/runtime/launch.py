@@ -10,7 +10,8 @@ node silent for its ``watchdog_s`` is killed (SIGKILL) and restarted the same wa
 hang. Ctrl-C (or SIGTERM) stops the nodes in reverse start order with SIGINT, then SIGKILL after
 a grace period. A live status table shows, per node, status, restarts, hangs, downtime, the age
 of its last heartbeat and how it last ended; per topic, rate, lost/rejected messages, capture ->
-receive latency p50/p99 and budget misses, from a subscriber the launcher keeps on each topic.
+receive latency p50/p99, budget misses and outputs flagged by the sensor-health score, from a
+subscriber the launcher keeps on each topic.
 """
 
 from __future__ import annotations
@@ -255,6 +256,7 @@ class TopicMonitor:
         self.counts = dict.fromkeys(topics, 0)
         self.latency = {t: LatencyHistogram() for t in topics}
         self.misses = 0
+        self.health_flagged = 0  # outputs whose sensor-health score passed the model's threshold
         self.modes: dict[str, int] = {}
         self._window_start = time.monotonic()
         self._window_counts = dict.fromkeys(topics, 0)
@@ -269,6 +271,7 @@ class TopicMonitor:
                     self.latency[topic].add((msg.trace["received"] - msg.capture_ns) / 1e6)
                 if isinstance(msg, Detections):
                     self.misses += msg.budget_miss
+                    self.health_flagged += msg.health.get("ok", 1.0) == 0.0
                     self.modes[msg.mode] = self.modes.get(msg.mode, 0) + 1
         elapsed = time.monotonic() - self._window_start
         if elapsed >= 1.0:
@@ -276,7 +279,7 @@ class TopicMonitor:
             self._window_counts = dict.fromkeys(self.subs, 0)
             self._window_start = time.monotonic()
 
-    def rows(self) -> list[tuple[str, str, str, str, str, str]]:
+    def rows(self) -> list[tuple[str, str, str, str, str, str, str]]:
         out = []
         for topic, sub in self.subs.items():
             p = self.latency[topic].percentiles()
@@ -288,6 +291,7 @@ class TopicMonitor:
                     f"{sub.stats.lost}/{sub.stats.rejected}",
                     f"{p['p50']:.1f} / {p['p99']:.1f}",
                     str(self.misses) if topic == "detections" else "",
+                    str(self.health_flagged) if topic == "detections" else "",
                 )
             )
         return out
@@ -309,7 +313,15 @@ def render_status(launcher: Launcher, monitor: TopicMonitor | None):
     if monitor is None:
         return nodes
     topics = Table(title="topics", expand=False)
-    for col in ("topic", "Hz", "msgs", "lost/rejected", "latency p50/p99 ms", "budget misses"):
+    for col in (
+        "topic",
+        "Hz",
+        "msgs",
+        "lost/rejected",
+        "latency p50/p99 ms",
+        "budget misses",
+        "health flagged",
+    ):
         topics.add_column(col)
     for row in monitor.rows():
         topics.add_row(*row)
