@@ -237,3 +237,20 @@ def test_a_real_node_stopped_with_sigstop_is_restarted(tmp_path) -> None:
     finally:
         launcher.stop()
     assert sorted(p.name for p in tmp_path.glob("r*.mcap")) == ["r.1.mcap", "r.mcap"]
+
+
+def test_topic_table_counts_budget_misses_and_outputs_flagged_by_sensor_health() -> None:
+    from fusion.runtime.launch import TopicMonitor
+    from fusion.runtime.testing import FakeSubscriber
+    from fusion.wire.messages import Detections, empty_detections
+
+    detections = FakeSubscriber("detections", latest_only=False)
+    for seq, (ok, miss) in enumerate([(1.0, False), (0.0, False), (0.0, True)]):
+        health = {"score": 2.0 if ok else 9.0, "ok": ok}
+        detections.push(
+            Detections(objects=empty_detections(), seq=seq, health=health, budget_miss=miss)
+        )
+    monitor = TopicMonitor([], {}, subscribers={"detections": detections})
+    monitor.poll()
+    (row,) = monitor.rows()
+    assert row[0] == "detections" and row[2] == "3" and row[5] == "1" and row[6] == "2"

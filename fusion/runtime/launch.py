@@ -30,7 +30,7 @@ from fusion.core.latency import LatencyHistogram
 from fusion.errors import ConfigError
 from fusion.runtime import heartbeat
 from fusion.runtime.graph import GraphSpec, NodeSpec, check_graph, format_check, load_graph
-from fusion.runtime.node import ShutdownFlag
+from fusion.runtime.node import ShutdownFlag, SubscriberLike
 from fusion.runtime.transport import Subscriber
 from fusion.wire import services
 from fusion.wire.messages import Detections
@@ -248,11 +248,18 @@ def _describe_exit(code: int, hung: bool = False) -> str:
 class TopicMonitor:
     """The launcher's own view of each topic: rate, losses and latency, from a subscriber."""
 
-    def __init__(self, topics: list[str], endpoints: dict[str, str]) -> None:
-        self.subs = {
+    def __init__(
+        self,
+        topics: list[str],
+        endpoints: dict[str, str],
+        subscribers: dict[str, SubscriberLike] | None = None,
+    ) -> None:
+        """Subscribe to `topics` (at `endpoints` where given), or watch `subscribers`."""
+        self.subs = subscribers or {
             t: Subscriber(t, services.endpoint(t, endpoints), latest_only=False, queue_size=1000)
             for t in topics
         }
+        topics = list(self.subs)
         self.counts = dict.fromkeys(topics, 0)
         self.latency = {t: LatencyHistogram() for t in topics}
         self.misses = 0
