@@ -78,6 +78,14 @@ def ipc_dir(monkeypatch: pytest.MonkeyPatch):
     shutil.rmtree(path, ignore_errors=True)
 
 
+def pytest_report_header(config) -> str:
+    """Which machine the figures come from: the CPU's model and the features that decide the
+    backends (AVX2, AVX-512, native bf16)."""
+    from fusion.model.backends import cpu_summary
+
+    return f"CPU: {cpu_summary()}"
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if _RATIOS.tables:
         terminalreporter.write_line(_RATIOS.render())

@@ -417,6 +417,13 @@ def profile_summary(path: Path, top: int = 8) -> tuple[list[str], tuple[str, flo
 # ---- the report -----------------------------------------------------------------------------
 
 
+def cpu_features() -> str:
+    """The vector features that decide the model's backends (the cores and bf16 support)."""
+    from fusion.model.backends import cpu_summary
+
+    return cpu_summary().split(", ", 1)[-1]
+
+
 def machine_lines(results: dict) -> list[str]:
     when = results.get("datetime", dt.datetime.now(dt.UTC).isoformat())
     commit = results.get("commit_info", {})
@@ -425,7 +432,14 @@ def machine_lines(results: dict) -> list[str]:
     line = f"- CPU: {cpu_model()}, {cores} cores"
     if memory:
         line += f", {memory:.0f} GiB memory"
-    lines = [line]
+    lines = [line, f"- CPU features: {cpu_features()}"]
+    backends = {
+        b["extra_info"]["backend"]
+        for b in results.get("benchmarks", [])
+        if "backend" in b.get("extra_info", {})
+    }
+    if backends:
+        lines.append(f"- model backend chosen by measurement: {', '.join(sorted(backends))}")
     gpu = gpu_model()
     if gpu:
         lines.append(f"- GPU: {gpu}")

@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "camera_frames_answered": len(report.camera_seqs),
         "restarts": restarts,
         "fusion_node_final": _final_line(out / "logs" / "fusion.log"),
+        "model": _log_line(out / "logs" / "fusion.log", "warmed up: ")
+        or "(see the fusion node's log)",
     }
     (out / "report.json").write_text(json.dumps(summary, indent=1))
     print(f"\nDemo on {args.recording.name}: {report.outputs} outputs in {wall_s:.0f} s")
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         f"invalid {report.invalid}; restarts {restarts or 'none'}"
     )
     print(f"fusion node: {summary['fusion_node_final']}")
+    print(f"model: {summary['model']}")
     print(
         f"\nwrote {out / 'annotated.mp4'}, {out / 'detections.mcap'}, {out / 'report.json'}, "
         f"logs in {out / 'logs'}"
@@ -173,14 +176,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _final_line(log_path: Path) -> str:
+    return _log_line(log_path, "[fusion] final:")
+
+
+def _log_line(log_path: Path, marker: str) -> str:
+    """What follows `marker` on the last line of a node's log that holds it ('' if none): the
+    fusion node logs its final counters and, once warmed up, its backend (chosen by measurement,
+    and why) and the CPU's features."""
     if not log_path.exists():
         return ""
-    lines = [
-        line
-        for line in log_path.read_text(errors="replace").splitlines()
-        if "[fusion] final:" in line
-    ]
-    return lines[-1].split("[fusion] final:", 1)[1].strip() if lines else ""
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if marker in line]
+    return lines[-1].split(marker, 1)[1].strip() if lines else ""
 
 
 if __name__ == "__main__":
