@@ -61,20 +61,19 @@ def test_every_backend_agrees_with_fp32_torch(model: FusionNet, name: str, mode:
 @pytest.fixture(scope="module")
 def shipped_frames() -> list:
     """Camera frames of a shipped drive as the fusion node assembles them, with ground truth."""
-    from fusion.learn.data import labelled_frames
-    from fusion.logs.reader import recorded_messages
+    from fusion.learn.data import recording_frames
     from fusion.model.weights import DEFAULT_WEIGHTS, load_weights
 
     cfg = load_weights(DEFAULT_WEIGHTS)[0].cfg
-    frames = labelled_frames(
-        recorded_messages(REPO / "recordings" / "city.mcap"), (cfg.input_w, cfg.input_h), "city", 10
-    )
-    return list(frames)[:12]
+    return recording_frames(REPO / "recordings" / "city.mcap", (cfg.input_w, cfg.input_h))[::10]
 
 
 def test_every_backend_detects_what_fp32_torch_detects_on_a_shipped_drive(shipped_frames):
-    """The committed weights on frames of a shipped drive: every backend's detections (score >
-    0.3) match fp32 PyTorch's one to one within 5 cm, and its car mean AP within 0.01."""
+    """The committed weights on frames of a shipped drive: every box one backend scores above
+    0.3 (plus a margin) has a twin within a few centimetres among the other's boxes above 0.3
+    (minus the margin), both ways, and car mean AP is within 0.01 of fp32 PyTorch's. The margin
+    is the score difference the backend may show: rounding for fp32 backends, the parity
+    tolerance for bf16."""
     from fusion.learn.evaluate import score
     from fusion.model.weights import DEFAULT_WEIGHTS
 
@@ -89,12 +88,15 @@ def test_every_backend_detects_what_fp32_torch_detects_on_a_shipped_drive(shippe
     assert sum(len(d[d["score"] > 0.3]) for d in reference) > 5  # the frames have objects
     ref_ap = score(shipped_frames, reference, ("car",)).mean_ap
     for name, per_frame in results.items():
+        bf16 = name == "torch-bf16"
+        margin, distance_m = (bk.PARITY_TOLERANCE["heatmap"], 0.15) if bf16 else (0.005, 0.05)
         for ref, got in zip(reference, per_frame, strict=True):
-            ref, got = ref[ref["score"] > 0.3], got[got["score"] > 0.3]
-            assert abs(len(ref) - len(got)) <= 1, name  # a score at the cut may cross it
-            for d in got:
-                nearest = np.hypot(ref["x"] - d["x"], ref["y"] - d["y"]).min(initial=np.inf)
-                assert nearest < 0.05 or abs(d["score"] - 0.3) < 0.02, name
+            for a, b in ((got, ref), (ref, got)):
+                strong = a[a["score"] > 0.3 + margin]
+                near = b[b["score"] > 0.3 - margin]
+                for d in strong:
+                    gap = np.hypot(near["x"] - d["x"], near["y"] - d["y"]).min(initial=np.inf)
+                    assert gap < distance_m, (name, d)
         ap = score(shipped_frames, per_frame, ("car",)).mean_ap
         assert abs(ap - ref_ap) <= 0.01, (name, ap, ref_ap)
 
