@@ -75,7 +75,12 @@ def flood(messages: int, seed: int, folder: Path) -> FloodReport:
     detections = Subscriber("detections", latest_only=False, queue_size=10_000)
     fusion = npc.start(
         "nodes.fusion_node",
-        [*npc.fusion_node_args(weights, budget_ms="60000"), "--stats-period-s", "5"],
+        [
+            *npc.fusion_node_args(weights, budget_ms="60000"),
+            *("--stats-period-s", "5"),
+            # the first answer must not go out before this process's subscriber is connected
+            *("--wait-for-subscribers", "1"),
+        ],
         fusion_log,
     )
     recorder = npc.start(
@@ -113,7 +118,10 @@ def flood(messages: int, seed: int, folder: Path) -> FloodReport:
                 report.answered_fused += last_answer_fused[0]
                 break
             if fusion.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"valid frame {valid_seq} was not answered (silenced?)")
+                raise RuntimeError(
+                    f"valid frame {valid_seq} was not answered (silenced?); fusion node exit "
+                    f"{fusion.poll()}, its log ends:\n{fusion_log.read_text()[-3000:]}"
+                )
         valid_seq += 1
 
     def sample_rss() -> None:

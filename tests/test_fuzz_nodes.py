@@ -34,6 +34,8 @@ SEED = 8
 #: Longest wait for each event (an answer, the recorder's counts) on a machine whose cores are
 #: busy with other work.
 FUZZ_TIMEOUT_S = 180.0
+#: Longest the wrong-content test waits for a valid frame's answer before sending the next input.
+ANSWER_WAIT_S = 10.0
 
 
 def must_reject(topic: str, frames: list) -> bool:
@@ -138,6 +140,8 @@ def test_fuzzed_messages_are_counted_and_valid_ones_still_processed(tmp_path: Pa
             "5000",
             "--stats-period-s",
             "0",
+            # the first answers must not go out before this test's subscriber is connected
+            *("--wait-for-subscribers", "1"),
         ],
         fusion_log,
     )
@@ -299,6 +303,7 @@ def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_pa
             *npc.fusion_node_args(weights, budget_ms="5000"),
             "--stats-period-s",
             "0",
+            *("--wait-for-subscribers", "1"),
         ],
         log_path,
     )
@@ -312,12 +317,20 @@ def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_pa
             answered.append(d)
 
     def valid_pair() -> None:
+        """A valid scan and frame, then wait (up to ANSWER_WAIT_S) for the frame's answer, so
+        the node is idle when the next input arrives: a camera frame sent while it is busy could
+        be replaced by the next one (latest-only) before it is looked at."""
         nonlocal seq, valid_sent
         pubs["radar"].send(npc.radar_scan(seq))
         pubs["camera"].send(npc.camera_frame(seq))
+        deadline = time.monotonic() + ANSWER_WAIT_S
+        while time.monotonic() < deadline:
+            if (d := detections.recv(50)) is not None:
+                answered.append(d)
+                if d.source_seqs.get("camera") == seq:
+                    break
         seq += 1
         valid_sent += 1
-        collect()
 
     bad_calibrations = [npc.calibration() for _ in range(4)]
     bad_calibrations[0].intrinsics = np.full((3, 3), np.nan)
@@ -391,6 +404,7 @@ def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_pa
         valid_pair()
         pubs["camera"].send(npc.camera_frame(seq, capture_ns=time.monotonic_ns() + 3600 * 10**9))
         seq += 1
+        collect(0.3)
         for _ in range(3):
             valid_pair()
         collect(0.5)

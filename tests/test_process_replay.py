@@ -60,6 +60,7 @@ def test_the_table_covers_the_cases_and_feeds_what_the_player_sends() -> None:
 def outputs_with(xs: list[float], mode: str = "fused") -> list[Detections]:
     objects = empty_detections(len(xs))
     objects["x"] = xs
+    objects["score"] = 0.9  # above the references' score cut, so each object is compared
     return [Detections(objects=objects, mode=mode, source_seqs={"camera": 0})]
 
 
