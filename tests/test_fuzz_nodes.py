@@ -392,6 +392,7 @@ def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_pa
             seq += 1
             pubs["radar"].send(scan)
             valid_pair()
+        time.sleep(0.3)  # the last valid scan is now outside the pairing slop (80 ms)
         all_nan = npc.radar_scan(seq, n_points=8)
         all_nan.points["y"] = np.nan
         pubs["radar"].send(all_nan)
