@@ -43,3 +43,35 @@ def test_live_replay_scores_what_the_offline_evaluation_scores(tmp_path) -> None
     offline = score(features.frames, predict(model, features)[0], model.cfg.class_names)
     assert report["n_frames"] == len(features) == report["counts"]["frames_with_truth"]
     assert abs(report["mean_ap"] - offline.mean_ap) <= 0.01, (report["mean_ap"], offline.mean_ap)
+
+
+def without_topic(source: Path, out: Path, seconds: float, dropped: str) -> Path:
+    with RecordingReader(source) as reader, RecordingWriter(out) as writer:
+        end_ns = reader.start_ns + int(seconds * 1e9)
+        for record in reader.messages(end_ns=end_ns):
+            if record.topic != dropped:
+                writer.write(record.topic, record.decode(), log_time_ns=record.log_time_ns)
+    return out
+
+
+@pytest.mark.slow
+def test_a_recording_without_ego_motion_is_replayed_with_what_it_has(tmp_path) -> None:
+    """Real-data recordings (the Astyx import) carry no ego motion: the replay plays the
+    topics the recording has."""
+    recording = without_topic(
+        REPO / "recordings" / "city.mcap", tmp_path / "no_ego.mcap", 1.0, "ego_motion"
+    )
+    report_path = tmp_path / "replay.json"
+    args = ["eval", "--weights", str(DEFAULT_WEIGHTS), "--replay", str(recording)]
+    assert main([*args, "--device", "cpu", "--json", str(report_path)]) == 0
+    counts = json.loads(report_path.read_text())["results"]["fused"]["counts"]
+    assert counts["answered"] == counts["frames_with_truth"] > 10
+
+
+def test_a_recording_without_camera_is_refused(tmp_path, capsys) -> None:
+    recording = without_topic(
+        REPO / "recordings" / "city.mcap", tmp_path / "no_camera.mcap", 0.5, "camera"
+    )
+    args = ["eval", "--weights", str(DEFAULT_WEIGHTS), "--replay", str(recording)]
+    assert main(args) == 1
+    assert "no camera topic" in capsys.readouterr().err

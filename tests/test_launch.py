@@ -135,6 +135,30 @@ def test_finishing_node_ends_the_graph_and_logs_are_kept(tmp_path) -> None:
     assert "working" in (tmp_path / "worker.log").read_text()
 
 
+def test_a_finishing_node_that_fails_for_good_ends_the_graph(tmp_path) -> None:
+    """A player that exits with an error and is never restarted cannot finish the graph later:
+    the graph stops (it would otherwise wait forever) and the exit code says why."""
+    graph = parse_graph(
+        {
+            "nodes": [
+                {"name": "worker", "command": py("import time; time.sleep(60)")},
+                {
+                    "name": "player",
+                    "command": py("import sys; print('no such topic'); sys.exit(2)"),
+                    "finishes_graph": True,
+                    "restart": "never",
+                },
+            ]
+        }
+    )
+    launcher = run_graph(
+        graph, log_dir=tmp_path, status=False, monitor_topics=[], max_duration_s=60
+    )
+    assert launcher.finished
+    assert launcher.nodes["player"].last_exit == 2
+    assert launcher.nodes["worker"].last_exit == -signal.SIGINT
+
+
 @pytest.mark.parametrize(
     "path", sorted((Path(__file__).parents[1] / "graphs").glob("*.yaml")), ids=lambda p: p.name
 )

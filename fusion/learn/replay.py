@@ -39,10 +39,19 @@ PLAYED_TOPICS = ("camera", "radar", "calibration", "ego_motion")
 
 
 def replay_graph(
-    recording: Path, weights: Path, out: Path, mode: str, device: str, threads: int
+    recording: Path,
+    weights: Path,
+    out: Path,
+    mode: str,
+    device: str,
+    threads: int,
+    topics: tuple[str, ...] = PLAYED_TOPICS,
 ) -> GraphSpec:
-    """Player (lock-step) -> fusion node (lock-step, `mode`) -> recorder of the Detections; the
-    node holds its inputs until the recorder and the player both read its output."""
+    """Player (lock-step) of `topics` -> fusion node (lock-step, `mode`) -> recorder of the
+    Detections; the node holds its inputs until the recorder and the player both read its
+    output. The graph's sockets live in `out`/ipc, so nothing else on the host (a live graph,
+    another evaluation) shares its topics."""
+    env = {"FUSION_IPC_DIR": str(out / "ipc")}
     fusion_args = ["--weights", str(weights), "--lockstep", "--mode", mode]
     fusion_args += ["--device", device, "--threads", str(threads), "--wait-for-subscribers", "2"]
     return GraphSpec(
@@ -54,6 +63,7 @@ def replay_graph(
                 ["-o", str(out / "detections.mcap"), "--topics", "detections"],
                 inputs=("detections",),
                 outputs=(),
+                env=env,
             ),
             NodeSpec.of_module(
                 "fusion",
@@ -61,6 +71,7 @@ def replay_graph(
                 fusion_args,
                 inputs=(*PLAYED_TOPICS, "replay_control"),
                 outputs=("detections",),
+                env=env,
             ),
             NodeSpec.of_module(
                 "player",
@@ -69,13 +80,14 @@ def replay_graph(
                     str(recording),
                     "--lockstep",
                     "--topics",
-                    ",".join(PLAYED_TOPICS),
+                    ",".join(topics),
                     "--no-progress",
                 ],
                 inputs=("detections",),
                 outputs=(*PLAYED_TOPICS, "replay_control"),
                 finishes_graph=True,
                 restart="never",
+                env=env,
             ),
         ],
     )
@@ -135,6 +147,11 @@ def run_replay_eval(args: argparse.Namespace, weights: Path) -> int:
 
     cfg = load_weights(weights)[0].cfg
     modes = ("fused", "camera_only", "radar_only") if args.ablation else (args.mode,)
+    recorded = RecordingReader(args.replay).topics
+    topics = tuple(t for t in PLAYED_TOPICS if t in recorded)  # ego motion is optional
+    if "camera" not in topics:
+        print(f"fusion eval: {args.replay} has no camera topic to replay", file=sys.stderr)
+        return 1
     report: dict = {"weights": str(weights), "recording": str(args.replay), "results": {}}
     with tempfile.TemporaryDirectory(prefix="fusion-eval-") as tmp:
         for mode in modes:
@@ -142,8 +159,23 @@ def run_replay_eval(args: argparse.Namespace, weights: Path) -> int:
             out.mkdir()
             started = time.monotonic()
             node_mode = "auto" if mode == "fused" else mode
-            graph = replay_graph(args.replay, weights, out, node_mode, args.device, args.threads)
-            run_graph(graph, log_dir=out / "logs", status=False, finish_grace_s=2.0)
+            graph = replay_graph(
+                args.replay, weights, out, node_mode, args.device, args.threads, topics
+            )
+            launcher = run_graph(
+                graph, log_dir=out / "logs", status=False, monitor_topics=[], finish_grace_s=2.0
+            )
+            if launcher.interrupted:
+                print("fusion eval: interrupted", file=sys.stderr)
+                return 130
+            player = launcher.nodes["player"]
+            if player.last_exit != 0:
+                log_tail = (out / "logs" / "player.log").read_text(errors="replace")[-2000:]
+                print(
+                    f"fusion eval: the player failed (exit {player.last_exit}):\n{log_tail}",
+                    file=sys.stderr,
+                )
+                return 1
             try:
                 result, counts = score_replay(args.replay, out / "detections.mcap", cfg.class_names)
             except FusionError as exc:

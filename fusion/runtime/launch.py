@@ -79,6 +79,8 @@ class Launcher:
         self.stop_grace_s = stop_grace_s
         self.nodes = {spec.name: NodeState(spec) for spec in graph.nodes}
         self.finished = False
+        #: Stopped by SIGINT/SIGTERM (`run_graph`), not by a finishing node or a time limit.
+        self.interrupted = False
         #: Monotonic time simulated producers map their time 0 to, so they stay aligned.
         self.epoch_ns = time.monotonic_ns() + int(graph.epoch_delay_s * 1e9)
 
@@ -139,8 +141,13 @@ class Launcher:
             state.last_exit, state.last_exit_hung = code, state.killed_hung
             state.process = None
             state.down_since = now
-            if code == 0 and state.spec.finishes_graph:
-                log.info("%s finished; stopping the graph", state.spec.name)
+            if state.spec.finishes_graph and (code == 0 or state.spec.restart == "never"):
+                # A finishing node that will not run again ends the graph either way; a
+                # failure is the caller's to report (`NodeState.last_exit`).
+                if code == 0:
+                    log.info("%s finished; stopping the graph", state.spec.name)
+                else:
+                    log.error("%s failed (exit %d); stopping the graph", state.spec.name, code)
                 state.finished = True
                 self.finished = True
                 continue
@@ -385,6 +392,7 @@ def run_graph(
                     monitor.poll()
                 shutdown.wait(0.05)
     finally:
+        launcher.interrupted = bool(shutdown)
         launcher.stop()
         if monitor is not None:
             monitor.close()
@@ -411,5 +419,9 @@ def run(args: argparse.Namespace) -> int:
     launcher = run_graph(
         graph, log_dir=args.log_dir, status=not args.no_status, max_duration_s=args.duration_s
     )
-    failed = [s.spec.name for s in launcher.nodes.values() if s.last_exit not in (0, None, -2)]
-    return 1 if failed and not launcher.finished else 0
+    if launcher.interrupted:
+        return 0  # the user stopped it
+    states = launcher.nodes.values()
+    failed = [s.spec.name for s in states if s.last_exit not in (0, None, -2)]
+    finisher_failed = any(s.spec.finishes_graph and s.last_exit not in (0, None) for s in states)
+    return 1 if finisher_failed or (failed and not launcher.finished) else 0
