@@ -49,6 +49,16 @@ def test_bev_raster_matches_reference(seed: int) -> None:
     assert fast[0].sum() > 0
 
 
+def test_bev_raster_keeps_nothing_from_the_previous_scan() -> None:
+    """The kernel's scratch (per-cell counts, accumulators) lives between calls: a scan after a
+    dense one, and the same scan twice, come out exactly as the reference makes them."""
+    dense, sparse = random_points(50_000, 7), random_points(300, 8)
+    for points in (dense, sparse, sparse, random_points(0, 9), dense):
+        np.testing.assert_array_equal(
+            pp.radar_bev_raster(points), pp.radar_bev_raster_reference(points)
+        )
+
+
 def test_bev_raster_cell_values_by_hand() -> None:
     points = np.zeros(3, RADAR_POINT_DTYPE)
     points[0] = (99.9, 39.9, 1.0, 2.0, 60.0, 0.0)  # far-left corner: row 0, col 0

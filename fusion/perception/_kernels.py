@@ -61,6 +61,11 @@ def project_points(x, y, z, ref_to_cam, K, uv, depth):
             uv[i, 1] = np.nan
 
 
+#: A raster cell's accumulators before its first point (`bev_raster`'s ``acc`` rows between
+#: calls): sum rcs, max rcs, sum height, min height, max height, sum v_r, max abs v_r, count.
+BEV_ACC_EMPTY = (0.0, -np.inf, 0.0, np.inf, -np.inf, 0.0, 0.0, 0.0)
+
+
 @njit(cache=True, error_model="numpy")
 def bev_raster(x, y, z, v_r, rcs, x_max_m, y_max_m, cell_m, params, out, acc):
     """Bird's-eye-view raster into ``out`` (9, rows, cols), which must be zeros (numpy's
@@ -69,14 +74,14 @@ def bev_raster(x, y, z, v_r, rcs, x_max_m, y_max_m, cell_m, params, out, acc):
     ``params`` = (ground a, ground b, rcs offset, rcs scale, v_r scale): heights are taken
     above the plane z = a + b * x, rcs as (rcs - offset) / scale, v_r as v_r / scale. Channels:
     occupancy, log(1 + count), mean and max rcs, mean, min and max height, mean v_r, max |v_r|.
-    ``acc`` (rows * cols, 8) float64 is scratch the caller keeps between calls (a fresh
-    megabyte every frame costs page faults); only the cells points fall in are visited, with
-    accumulators initialised on a cell's first point, so the cost follows the points.
+    ``acc`` (rows * cols, 8) float64, one cache line per cell, is scratch the caller keeps
+    between calls (a fresh megabyte every frame costs page faults): every row must hold
+    `BEV_ACC_EMPTY` on entry, and the cells used are reset to it before returning. So the point
+    loop has no first-point branch, only the cells points fall in are visited, and the cost
+    follows the points.
     """
     rows = out.shape[1]
     cols = out.shape[2]
-    count = np.zeros(rows * cols, np.int64)
-    # acc per cell (one cache line): sum r, max r, sum h, min h, max h, sum v, max |v|
     touched = np.empty(x.shape[0], np.int64)
     n_touched = 0
     for i in range(x.shape[0]):
@@ -91,38 +96,33 @@ def bev_raster(x, y, z, v_r, rcs, x_max_m, y_max_m, cell_m, params, out, acc):
         r = (np.float64(rcs[i]) - params[2]) / params[3]
         h = np.float64(z[i]) - (params[0] + params[1] * px)
         v = np.float64(v_r[i]) / params[4]
-        if count[cell] == 0:
-            touched[n_touched] = cell
-            n_touched += 1
-            acc[cell, 0] = r
-            acc[cell, 1] = r
-            acc[cell, 2] = h
-            acc[cell, 3] = h
-            acc[cell, 4] = h
-            acc[cell, 5] = v
-            acc[cell, 6] = abs(v)
-        else:
-            acc[cell, 0] += r
-            acc[cell, 1] = max(acc[cell, 1], r)
-            acc[cell, 2] += h
-            acc[cell, 3] = min(acc[cell, 3], h)
-            acc[cell, 4] = max(acc[cell, 4], h)
-            acc[cell, 5] += v
-            acc[cell, 6] = max(acc[cell, 6], abs(v))
-        count[cell] += 1
+        a = acc[cell]
+        touched[n_touched] = cell
+        n_touched += a[7] == 0.0  # kept only on the cell's first point
+        a[0] += r
+        a[1] = max(a[1], r)
+        a[2] += h
+        a[3] = min(a[3], h)
+        a[4] = max(a[4], h)
+        a[5] += v
+        a[6] = max(a[6], abs(v))
+        a[7] += 1.0
     flat = out.reshape(9, rows * cols)
     for k in range(n_touched):
         cell = touched[k]
-        c = count[cell]
+        a = acc[cell]
+        c = a[7]
         flat[0, cell] = 1.0
         flat[1, cell] = math.log1p(c)
-        flat[2, cell] = acc[cell, 0] / c
-        flat[3, cell] = acc[cell, 1]
-        flat[4, cell] = acc[cell, 2] / c
-        flat[5, cell] = acc[cell, 3]
-        flat[6, cell] = acc[cell, 4]
-        flat[7, cell] = acc[cell, 5] / c
-        flat[8, cell] = acc[cell, 6]
+        flat[2, cell] = a[0] / c
+        flat[3, cell] = a[1]
+        flat[4, cell] = a[2] / c
+        flat[5, cell] = a[3]
+        flat[6, cell] = a[4]
+        flat[7, cell] = a[5] / c
+        flat[8, cell] = a[6]
+        for j in range(8):
+            a[j] = BEV_ACC_EMPTY[j]
 
 
 @njit(cache=True)

@@ -3,8 +3,8 @@ motion-compensated to the image's capture time, and the camera model.
 
 `FrameInputs` is the hand-over between perception and the model. The fusion node builds it with
 `FusionPipeline.assemble`, and training builds its samples by replaying recordings through the
-same pipeline (`fusion.perception.pipeline.replay_frames`), so what a model learns from is what
-it is served. `radar_points` owns the radar half: each matched scan's points moved to the
+same pipeline in lock-step (`fusion.learn.data.labelled_frames`), so what a model learns from
+is what it is served. `radar_points` owns the radar half: each matched scan's points moved to the
 camera's capture time (`fusion.perception.sync.motion_compensate`, in the radar's own frame,
 which is the ego's), then through the radar's calibration into the reference frame.
 """

@@ -207,10 +207,11 @@ _SCRATCH = threading.local()
 
 
 def _scratch(cells: int) -> np.ndarray:
-    """The raster kernel's accumulators, kept per thread and grid size between frames."""
+    """The raster kernel's per-cell accumulators (`_kernels.BEV_ACC_EMPTY` between calls: the
+    kernel resets the cells it used), kept per thread and grid size between frames."""
     acc = getattr(_SCRATCH, "acc", None)
     if acc is None or acc.shape[0] != cells:
-        acc = _SCRATCH.acc = np.empty((cells, 8), np.float64)
+        acc = _SCRATCH.acc = np.tile(np.array(_kernels.BEV_ACC_EMPTY), (cells, 1))
     return acc
 
 
