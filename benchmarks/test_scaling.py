@@ -2,9 +2,9 @@
 
 Three small tables, each as ratios to its smallest case in the same run:
 
-- **radar points per scan** (100 -> 100k): the Numba image-plane raster alone and the whole
-  radar + image preprocessing of one frame (`Detector.preprocess`, which also selects and
-  normalises the points the network's point encoder takes).
+- **radar points per scan** (100 -> 100k): the Numba BEV raster alone and the whole radar +
+  image preprocessing of one frame (`Detector.preprocess`: the image resized and normalised,
+  the radar raster).
 - **image size** (VGA -> 720p -> 1080p BGR): JPEG decoding as the fusion node does it (reduced
   decoding down to the model input), `prepare_image` (resize + normalise to the 448x256 model
   input) and our transport's round trip over ipc (the `benchmarks._echo` rig).
@@ -24,7 +24,7 @@ import pytest
 from benchmarks._echo import EchoRig
 from benchmarks.test_preprocess import MODEL_H, MODEL_W, radar_points
 from fusion.perception import preprocess as pp
-from fusion.perception.pipeline import decode_jpeg
+from fusion.perception.image import decode_jpeg
 from fusion.wire.messages import CameraFrame
 
 POINTS = [100, 1_000, 10_000, 100_000]

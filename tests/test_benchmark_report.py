@@ -115,3 +115,16 @@ def test_unreadable_results_exit_2(tmp_path: Path, bad: str) -> None:
     path = tmp_path / "results.json"
     path.write_text(bad)
     assert report.main([str(path), "--out", str(tmp_path)]) == 2
+
+
+def test_every_benchmark_module_imports() -> None:
+    """`make test` does not run the benchmarks; this keeps them at least importable and
+    collectable (a renamed function once broke `make bench` unseen)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider"]
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [*command, "benchmarks"], cwd=repo, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
