@@ -243,7 +243,7 @@ def test_total_loss_has_every_part(tiny: FusionNet) -> None:
     loss, parts = total_loss(out, targets, present, cfg)
     tiny.eval()
     assert set(parts) == {"heatmap", *HEAD_CHANNELS, "vae"}
-    assert math.isfinite(float(loss))
+    assert math.isfinite(loss.item())
     loss.backward()
 
 
