@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusion.demo import PLAYED_TOPICS, build_graph
+from fusion.demo import build_graph
 from fusion.logs.reader import RecordingReader
 from fusion.report import LatencyReport
 from fusion.runtime.launch import Launcher
@@ -190,22 +190,12 @@ def _start_profiler(pid: int, out: Path) -> subprocess.Popen:
     )
 
 
-def _play_recorded_topics_only(graph, recording: Path) -> None:
-    """The demo's player plays a fixed topic list; an imported drive may lack some (Astyx has
-    no ego motion)."""
-    recorded = set(RecordingReader(str(recording)).topics)
-    played = ",".join(t for t in PLAYED_TOPICS.split(",") if t in recorded)
-    player = next(node for node in graph.nodes if node.name == "player")
-    player.command[player.command.index("--topics") + 1] = played
-
-
 def run_replay(
     recording: Path, weights: Path, out: Path, *, lockstep: bool, fusion_env: dict | None = None
 ) -> GraphRun:
     """Replay `recording` through the graph; read back what the recorder wrote.
     `fusion_env` adds environment variables to the fusion node's."""
     graph = build_graph(_graph_args(recording, weights, lockstep), out)
-    _play_recorded_topics_only(graph, recording)
     if lockstep:
         next(node for node in graph.nodes if node.name == "player").command += [
             "--end",

@@ -27,75 +27,39 @@ import time
 from pathlib import Path
 
 from fusion.errors import FusionError
+from fusion.logs.player import recorded_topics
 from fusion.report import report_from_recording
-from fusion.runtime.graph import GraphSpec, NodeSpec
+from fusion.runtime.graph import GraphSpec, NodeSpec, replay_graph
 from fusion.runtime.launch import run_graph
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECORDING = REPO / "recordings" / "city.mcap"
-PLAYED_TOPICS = "camera,radar,calibration,ego_motion"
+PLAYED_TOPICS = ("camera", "radar", "calibration", "ego_motion")
 
 
 def build_graph(args: argparse.Namespace, out: Path) -> GraphSpec:
-    timing = ["--lockstep"] if args.lockstep else ["--rate", str(args.rate)]
     fusion_args = ["--budget-ms", str(args.budget_ms), "--device", args.device]
     fusion_args += ["--threads", str(args.threads)]
     if args.weights:
         fusion_args += ["--weights", args.weights]
-    if args.lockstep:
-        fusion_args.append("--lockstep")
-    # The recorder, the viewer and a lock-step player read the detections: none may miss the
-    # first ones (a subscriber that connects while they go out loses them).
-    readers = 1 + (not args.no_viewer) + args.lockstep
-    fusion_args += ["--wait-for-subscribers", str(readers)]
-    played = tuple(PLAYED_TOPICS.split(","))
-    nodes = [
-        NodeSpec.of_module(
-            "recorder",
-            "nodes.recorder",
-            ["-o", str(out / "detections.mcap"), "--topics", "detections"],
-            inputs=("detections",),
-            outputs=(),
-        ),
-        NodeSpec.of_module(
-            "fusion",
-            "nodes.fusion_node",
-            fusion_args,
-            inputs=(*played, "replay_control"),
-            outputs=("detections",),
-        ),
-    ]
-    if not args.no_viewer:
-        nodes.append(
-            NodeSpec.of_module(
-                "viewer",
-                "nodes.viewer",
-                ["-o", str(out / "annotated.mp4"), "--png-every", "100"],
-                inputs=("calibration", "radar", "camera", "detections"),
-                outputs=(),
-            )
-        )
-    nodes.append(
-        NodeSpec.of_module(
-            "player",
-            "nodes.player",
-            [
-                str(args.recording),
-                *timing,
-                "--topics",
-                PLAYED_TOPICS,
-                "--wait-subscribers-s",
-                "120",
-                "--no-progress",
-            ],
-            # in lock-step the player waits for the detections that answer each frame
-            inputs=("detections",) if args.lockstep else (),
-            outputs=(*played, "replay_control"),
-            finishes_graph=True,
-            restart="never",
-        )
+    viewer = NodeSpec.of_module(
+        "viewer",
+        "nodes.viewer",
+        ["-o", str(out / "annotated.mp4"), "--png-every", "100"],
+        inputs=("calibration", "radar", "camera", "detections"),
+        outputs=(),
     )
-    return GraphSpec(name="demo", nodes=nodes)
+    pace = [] if args.lockstep else ["--rate", str(args.rate)]
+    return replay_graph(
+        "demo",
+        args.recording,
+        out,
+        fusion_args,
+        topics=recorded_topics(str(args.recording), PLAYED_TOPICS),
+        lockstep=args.lockstep,
+        player_args=[*pace, "--wait-subscribers-s", "120"],
+        readers=() if args.no_viewer else (viewer,),
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

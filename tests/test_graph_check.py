@@ -155,3 +155,23 @@ def test_topics_must_be_lists() -> None:
     raw["nodes"][1]["inputs"] = "camera"
     with pytest.raises(ConfigError, match="list of topics"):
         parse_graph(raw)
+
+
+def test_the_demo_plays_the_topics_its_recording_has(tmp_path: Path) -> None:
+    """An imported drive may lack a topic (the Astyx import has no ego motion): the demo's
+    player is asked only for what the recording holds, and the graph still checks."""
+    from fusion.logs.reader import RecordingReader
+    from fusion.logs.writer import RecordingWriter
+
+    source = Path(__file__).parents[1] / "recordings" / "city.mcap"
+    no_ego = tmp_path / "no_ego.mcap"
+    with RecordingReader(source) as reader, RecordingWriter(no_ego) as writer:
+        for record in reader.messages(end_ns=reader.start_ns + 500_000_000):
+            if record.topic != "ego_motion":
+                writer.write(record.topic, record.decode(), log_time_ns=record.log_time_ns)
+    graph = build_graph(demo_args(["--recording", str(no_ego), "--lockstep"]), tmp_path)
+    player = next(n for n in graph.nodes if n.name == "player")
+    played = player.command[player.command.index("--topics") + 1].split(",")
+    assert "ego_motion" not in played and {"camera", "radar", "calibration"} <= set(played)
+    assert "ego_motion" not in player.outputs
+    assert check_graph(graph) == []

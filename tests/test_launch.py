@@ -278,3 +278,17 @@ def test_topic_table_counts_budget_misses_and_outputs_flagged_by_sensor_health()
     monitor.poll()
     (row,) = monitor.rows()
     assert row[0] == "detections" and row[2] == "3" and row[5] == "1" and row[6] == "2"
+
+
+def test_a_graph_with_its_own_ipc_folder_gives_it_to_every_node(tmp_path, monkeypatch) -> None:
+    """A graph with `ipc_dir` (an evaluation's replay) keeps its sockets there whatever the
+    host's folder is, so it shares no topic with another graph on the host."""
+    monkeypatch.setenv("FUSION_IPC_DIR", str(tmp_path / "host"))
+    graph = parse_graph({"nodes": [{"name": "a", "command": py("pass")}]})
+    graph.ipc_dir = str(tmp_path / "own")
+    env = Launcher(graph, tmp_path).environment(graph.nodes[0])
+    assert env["FUSION_IPC_DIR"] == str(tmp_path / "own") and (tmp_path / "own").is_dir()
+    graph.ipc_dir = None
+    assert Launcher(graph, tmp_path).environment(graph.nodes[0])["FUSION_IPC_DIR"] == str(
+        tmp_path / "host"
+    )

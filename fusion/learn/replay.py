@@ -23,9 +23,10 @@ from fusion.errors import FusionError
 from fusion.learn.baselines import filter_detections_for_eval, filter_gt_for_eval
 from fusion.learn.evaluate import MAX_RANGE_M
 from fusion.learn.metrics import EvalResult, evaluate_detections
+from fusion.logs.player import recorded_topics
 from fusion.logs.reader import RecordingReader
 from fusion.perception.geometry import CameraModel
-from fusion.runtime.graph import GraphSpec, NodeSpec
+from fusion.runtime.graph import GraphSpec, replay_graph
 from fusion.runtime.launch import run_graph
 from fusion.wire.messages import (
     Calibration,
@@ -38,7 +39,7 @@ from fusion.wire.messages import (
 PLAYED_TOPICS = ("camera", "radar", "calibration", "ego_motion")
 
 
-def replay_graph(
+def eval_graph(
     recording: Path,
     weights: Path,
     out: Path,
@@ -48,48 +49,18 @@ def replay_graph(
     topics: tuple[str, ...] = PLAYED_TOPICS,
 ) -> GraphSpec:
     """Player (lock-step) of `topics` -> fusion node (lock-step, `mode`) -> recorder of the
-    Detections; the node holds its inputs until the recorder and the player both read its
-    output. The graph's sockets live in `out`/ipc, so nothing else on the host (a live graph,
+    Detections. The graph's sockets live in `out`/ipc, so nothing else on the host (a live graph,
     another evaluation) shares its topics."""
-    env = {"FUSION_IPC_DIR": str(out / "ipc")}
-    fusion_args = ["--weights", str(weights), "--lockstep", "--mode", mode]
-    fusion_args += ["--device", device, "--threads", str(threads), "--wait-for-subscribers", "2"]
-    return GraphSpec(
-        name="eval-replay",
-        nodes=[
-            NodeSpec.of_module(
-                "recorder",
-                "nodes.recorder",
-                ["-o", str(out / "detections.mcap"), "--topics", "detections"],
-                inputs=("detections",),
-                outputs=(),
-                env=env,
-            ),
-            NodeSpec.of_module(
-                "fusion",
-                "nodes.fusion_node",
-                fusion_args,
-                inputs=(*PLAYED_TOPICS, "replay_control"),
-                outputs=("detections",),
-                env=env,
-            ),
-            NodeSpec.of_module(
-                "player",
-                "nodes.player",
-                [
-                    str(recording),
-                    "--lockstep",
-                    "--topics",
-                    ",".join(topics),
-                    "--no-progress",
-                ],
-                inputs=("detections",),
-                outputs=(*PLAYED_TOPICS, "replay_control"),
-                finishes_graph=True,
-                restart="never",
-                env=env,
-            ),
-        ],
+    fusion_args = ["--weights", str(weights), "--mode", mode]
+    fusion_args += ["--device", device, "--threads", str(threads)]
+    return replay_graph(
+        "eval-replay",
+        recording,
+        out,
+        fusion_args,
+        topics=topics,
+        lockstep=True,
+        ipc_dir=str(out / "ipc"),
     )
 
 
@@ -147,8 +118,7 @@ def run_replay_eval(args: argparse.Namespace, weights: Path) -> int:
 
     cfg = load_weights(weights)[0].cfg
     modes = ("fused", "camera_only", "radar_only") if args.ablation else (args.mode,)
-    recorded = RecordingReader(args.replay).topics
-    topics = tuple(t for t in PLAYED_TOPICS if t in recorded)  # ego motion is optional
+    topics = recorded_topics(str(args.replay), PLAYED_TOPICS)  # ego motion is optional
     if "camera" not in topics:
         print(f"fusion eval: {args.replay} has no camera topic to replay", file=sys.stderr)
         return 1
@@ -159,7 +129,7 @@ def run_replay_eval(args: argparse.Namespace, weights: Path) -> int:
             out.mkdir()
             started = time.monotonic()
             node_mode = "auto" if mode == "fused" else mode
-            graph = replay_graph(
+            graph = eval_graph(
                 args.replay, weights, out, node_mode, args.device, args.threads, topics
             )
             launcher = run_graph(

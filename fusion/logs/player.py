@@ -97,6 +97,15 @@ CONTROL_PERIOD_NS = 1_000_000_000
 HEARTBEAT_SLICE_NS = 500_000_000
 
 
+def recorded_topics(path: str, wanted: Iterable[str]) -> tuple[str, ...]:
+    """Those of `wanted` that the recording at `path` holds, in `wanted`'s order: what a graph
+    built for any drive asks its player to replay (an imported drive may lack some topics: the
+    Astyx import has no ego motion, and the player refuses a topic the recording does not have)."""
+    with RecordingReader(path) as reader:
+        have = reader.topics
+    return tuple(t for t in wanted if t in have)
+
+
 class PublisherLike(Protocol):
     def send(self, msg: Message) -> None: ...
 

@@ -103,6 +103,57 @@ class GraphSpec:
     external: tuple[str, ...] = ()
     #: topics more than one node of the graph may publish
     shared_outputs: tuple[str, ...] = ()
+    #: the folder of the graph's ipc sockets, so that no other graph on the host shares its
+    #: topics (None: the host's, `fusion.wire.services.ipc_dir`)
+    ipc_dir: str | None = None
+
+
+def replay_graph(
+    name: str,
+    recording: str | Path,
+    out: Path,
+    fusion_args: list[str],
+    *,
+    topics: tuple[str, ...],
+    lockstep: bool,
+    player_args: list[str] = (),
+    readers: tuple[NodeSpec, ...] = (),
+    ipc_dir: str | None = None,
+) -> GraphSpec:
+    """A recording replayed through the fusion node: the player of `topics` (lock-step, or
+    `player_args` say its pace) -> ``nodes.fusion_node`` with `fusion_args` -> a recorder of its
+    Detections in ``out/detections.mcap``, with `readers` (a viewer) beside the recorder.
+
+    Every node that reads the Detections (the recorder, `readers`, a lock-step player) must be
+    connected before the first one goes out, or it loses it; the fusion node is told to wait for
+    as many as the graph has (``--wait-for-subscribers``), counted from the nodes' inputs."""
+    timing = ["--lockstep"] if lockstep else []
+    recorder = NodeSpec.of_module(
+        "recorder",
+        "nodes.recorder",
+        ["-o", str(out / "detections.mcap"), "--topics", "detections"],
+        inputs=("detections",),
+        outputs=(),
+    )
+    player = NodeSpec.of_module(
+        "player",
+        "nodes.player",
+        [str(recording), *timing, "--topics", ",".join(topics), "--no-progress", *player_args],
+        # in lock-step the player waits for the detections that answer each frame
+        inputs=("detections",) if lockstep else (),
+        outputs=(*topics, "replay_control"),
+        finishes_graph=True,
+        restart="never",
+    )
+    waiting = sum("detections" in (n.inputs or ()) for n in (recorder, *readers, player))
+    fusion = NodeSpec.of_module(
+        "fusion",
+        "nodes.fusion_node",
+        [*fusion_args, *timing, "--wait-for-subscribers", str(waiting)],
+        inputs=(*topics, "replay_control"),
+        outputs=("detections",),
+    )
+    return GraphSpec(name=name, nodes=[recorder, fusion, *readers, player], ipc_dir=ipc_dir)
 
 
 def load_graph(path: str | Path, extra_args: dict[str, list[str]] | None = None) -> GraphSpec:

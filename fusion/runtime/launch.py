@@ -86,6 +86,9 @@ class Launcher:
 
     def environment(self, spec: NodeSpec) -> dict[str, str]:
         env = dict(os.environ)
+        if self.graph.ipc_dir is not None:
+            os.makedirs(self.graph.ipc_dir, mode=0o700, exist_ok=True)
+            env["FUSION_IPC_DIR"] = self.graph.ipc_dir
         env.setdefault("FUSION_IPC_DIR", services.ipc_dir())
         env.setdefault("FUSION_EPOCH_NS", str(self.epoch_ns))
         for topic, url in self.graph.endpoints.items():
@@ -366,7 +369,8 @@ def run_graph(
     launcher = Launcher(graph, log_dir)
     shutdown = ShutdownFlag()
     topics = monitor_topics if monitor_topics is not None else ["camera", "radar", "detections"]
-    monitor = TopicMonitor(topics, graph.endpoints) if topics else None
+    endpoints = {t: services.endpoint(t, graph.endpoints, graph.ipc_dir) for t in topics}
+    monitor = TopicMonitor(topics, endpoints) if topics else None
     console = Console(stderr=True)
     launcher.start()
     t0 = time.monotonic()

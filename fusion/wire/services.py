@@ -71,8 +71,9 @@ def ipc_dir() -> str:
     return path
 
 
-def endpoint(topic: str, overrides: dict[str, str] | None = None) -> str:
-    """The endpoint of `topic`: an override if given, else its ipc socket on this host."""
+def endpoint(topic: str, overrides: dict[str, str] | None = None, folder: str | None = None) -> str:
+    """The endpoint of `topic`: an override if given, else its ipc socket on this host (in
+    `folder`, or `ipc_dir`)."""
     svc = service(topic)
     url = (overrides or {}).get(topic) or os.environ.get(f"FUSION_ENDPOINT_{topic.upper()}")
     if url:
@@ -81,7 +82,7 @@ def endpoint(topic: str, overrides: dict[str, str] | None = None) -> str:
                 f"endpoint for {topic!r} must start with ipc://, tcp:// or inproc://, got {url!r}"
             )
         return url
-    return f"ipc://{ipc_dir()}/{svc.topic}.sock"
+    return f"ipc://{folder or ipc_dir()}/{svc.topic}.sock"
 
 
 def tcp_endpoint(topic: str, host: str = "127.0.0.1") -> str:
