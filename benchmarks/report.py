@@ -41,16 +41,6 @@ MODEL_TARGET_RATIO = 0.5
 # ---- inputs ---------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def gpu_model() -> str | None:
     if not shutil.which("nvidia-smi"):
         return None
@@ -424,12 +414,18 @@ def cpu_features() -> str:
     return cpu_summary().split(", ", 1)[-1]
 
 
+def cpu_name() -> str:
+    from fusion.model.backends import cpu_name
+
+    return cpu_name()
+
+
 def machine_lines(results: dict) -> list[str]:
     when = results.get("datetime", dt.datetime.now(dt.UTC).isoformat())
     commit = results.get("commit_info", {})
     cores = os.cpu_count()
     memory = memory_gib()
-    line = f"- CPU: {cpu_model()}, {cores} cores"
+    line = f"- CPU: {cpu_name()}, {cores} cores"
     if memory:
         line += f", {memory:.0f} GiB memory"
     lines = [line, f"- CPU features: {cpu_features()}"]
