@@ -30,9 +30,10 @@ from fusion.wire.messages import (
     Message,
     RadarScan,
 )
+from tests import nodeproc as npc
 
 #: The calibrated camera of the fuzz runs (16:9, like the tests' nodes).
-W, H = 320, 180
+W, H = npc.W, npc.H
 HOUR_NS = 3600 * 10**9
 #: Hostile senders use their own ids, so the valid streams' seq accounting stays exact.
 HOSTILE_SENSOR = "hostile"
@@ -59,17 +60,10 @@ def with_header_size(data: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def calibration(now_ns: int, **changes: object) -> Calibration:
-    cam_to_ref = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)
-    K = np.array([[200.0, 0, W / 2], [0, 200.0, H / 2], [0, 0, 1]])
-    calib = Calibration(
-        sensor_to_ref=cam_to_ref,
-        intrinsics=K,
-        distortion=np.zeros(5),
-        width_px=W,
-        height_px=H,
-        sensor_id="camera_front",
-        capture_ns=now_ns,
-    )
+    """The test camera's calibration (`tests.nodeproc.calibration`), stamped `now_ns`, with
+    `changes`."""
+    calib = npc.calibration()
+    calib.capture_ns = now_ns
     for name, value in changes.items():
         setattr(calib, name, value)
     return calib

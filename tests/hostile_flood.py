@@ -75,12 +75,7 @@ def flood(messages: int, seed: int, folder: Path) -> FloodReport:
     detections = Subscriber("detections", latest_only=False, queue_size=10_000)
     fusion = npc.start(
         "nodes.fusion_node",
-        [
-            *npc.fusion_node_args(weights, budget_ms="60000"),
-            *("--stats-period-s", "5"),
-            # the first answer must not go out before this process's subscriber is connected
-            *("--wait-for-subscribers", "1"),
-        ],
+        [*npc.fusion_node_args(weights, budget_ms="60000", readers=1), "--stats-period-s", "5"],
         fusion_log,
     )
     recorder = npc.start(

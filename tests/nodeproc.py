@@ -85,18 +85,14 @@ def ego_motion(seq: int) -> EgoMotion:
     )
 
 
-def fusion_node_args(weights: Path, budget_ms: object) -> list[str]:
-    """Arguments every test's fusion node shares: the given weights, one CPU thread, a budget."""
-    return [
-        "--weights",
-        str(weights),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--budget-ms",
-        str(budget_ms),
-    ]
+def fusion_node_args(weights: Path, budget_ms: object, readers: int = 0) -> list[str]:
+    """Arguments every test's fusion node shares: the given weights, one CPU thread, a budget.
+    `readers`: how many subscribers of its Detections it waits for before it takes inputs (a
+    test that reads the answers passes 1: the first answer could otherwise go out while the
+    test's subscriber is still connecting, and be lost)."""
+    args = ["--weights", str(weights), "--device", "cpu", "--threads", "1"]
+    args += ["--budget-ms", str(budget_ms)]
+    return args + (["--wait-for-subscribers", str(readers)] if readers else [])
 
 
 def start(module: str, args: list[str], log_path: Path) -> subprocess.Popen:

@@ -133,15 +133,14 @@ def test_fuzzed_messages_are_counted_and_valid_ones_still_processed(tmp_path: Pa
     fusion = npc.start(
         "nodes.fusion_node",
         [
-            *npc.fusion_node_args(weights, budget_ms="3600000"),  # nothing stale: all answered
+            # nothing stale: all answered
+            *npc.fusion_node_args(weights, budget_ms="3600000", readers=1),
             # A frame waits for its scan however long the flood of rejects delays the radar
             # queue (with the default 10 ms the last frame could go out with the scan before)
             "--sync-deadline-ms",
             "5000",
             "--stats-period-s",
             "0",
-            # the first answers must not go out before this test's subscriber is connected
-            *("--wait-for-subscribers", "1"),
         ],
         fusion_log,
     )
@@ -300,10 +299,9 @@ def test_well_formed_but_wrong_content_is_counted_and_the_node_carries_on(tmp_pa
     fusion = npc.start(
         "nodes.fusion_node",
         [
-            *npc.fusion_node_args(weights, budget_ms="5000"),
+            *npc.fusion_node_args(weights, budget_ms="5000", readers=1),
             "--stats-period-s",
             "0",
-            *("--wait-for-subscribers", "1"),
         ],
         log_path,
     )

@@ -41,10 +41,8 @@ def lockstep_replay(
         proc = npc.start(
             "nodes.fusion_node",
             [
-                *npc.fusion_node_args(weights, budget_ms=50),
+                *npc.fusion_node_args(weights, budget_ms=50, readers=2),  # this test, the player
                 "--lockstep",
-                "--wait-for-subscribers",
-                "2",  # this test and the player
                 "--stats-period-s",
                 "0",
                 *node_args,

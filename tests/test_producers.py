@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -152,12 +153,17 @@ def test_camera_node_from_folder(tmp_path) -> None:
     assert calibrations[0].intrinsics[0, 0] == 50 and calibrations[0].width_px == 64
 
 
-def test_camera_node_from_video_as_jpeg(tmp_path) -> None:
-    path = str(tmp_path / "v.avi")
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
-    for i in range(6):
+def mjpeg_video(path: Path, frames: int) -> str:
+    """A 64x48 MJPEG video at 25 frames/s whose frame i is grey level 30 * i."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    for i in range(frames):
         writer.write(np.full((48, 64, 3), i * 30, np.uint8))
     writer.release()
+    return str(path)
+
+
+def test_camera_node_from_video_as_jpeg(tmp_path) -> None:
+    path = mjpeg_video(tmp_path / "v.avi", frames=6)
     with Subscriber("camera", latest_only=False) as cams:
         proc = subprocess.Popen(
             [
@@ -248,11 +254,7 @@ def test_camera_stamps_are_what_the_source_reports() -> None:
 
 
 def test_camera_stamps_of_a_real_video_file(tmp_path) -> None:
-    path = str(tmp_path / "v.avi")
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
-    for i in range(4):
-        writer.write(np.full((48, 64, 3), i * 30, np.uint8))
-    writer.release()
+    path = mjpeg_video(tmp_path / "v.avi", frames=4)
     capture = cv2.VideoCapture(path)
     try:
         stamps = [f.capture_ns for f in camera_frames_from_capture(capture, "cam", live=False)]
