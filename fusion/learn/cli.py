@@ -21,10 +21,12 @@ from pathlib import Path
 
 import torch
 
+from fusion.errors import ConfigError
 from fusion.learn.config import TrainConfig
 from fusion.learn.data import astyx_folds, astyx_frames, astyx_split, recording_frames, sim_frames
 from fusion.learn.features import FeatureSet, cached_features, concatenate
 from fusion.model.config import ModelConfig, astyx_config, sim_config
+from fusion.model.replicas import Replicas
 
 log = logging.getLogger(__name__)
 
@@ -170,26 +172,48 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train on this process, or, under torchrun, on every process it started
+    (`fusion.learn.distributed`)."""
+    from fusion.learn import distributed
+
+    replicas = distributed.start(args.device)
+    try:
+        return _train(args, replicas)
+    finally:
+        distributed.stop()
+
+
+def _train(args: argparse.Namespace, replicas: Replicas) -> int:
+    from fusion.learn import distributed
     from fusion.learn.train import train
 
     torch.set_num_threads(args.threads)
+    main = replicas.rank == 0
     cfg = model_config(args)
     tcfg = train_config(args)
-    print(tcfg.describe(), flush=True)
+    if main:
+        print(tcfg.describe(), flush=True)
     started = time.monotonic()
     if args.kfold:
+        if replicas.distributed:
+            raise ConfigError("--kfold trains its folds one after another; run it without torchrun")
         return run_kfold(args, cfg, tcfg)
-    train_set = data_part(args, cfg, "train")
-    val_set = data_part(args, cfg, "val")
+    with distributed.first_alone(replicas):  # the first process fills the feature cache
+        train_set = data_part(args, cfg, "train")
+        val_set = data_part(args, cfg, "val")
     if args.astyx is not None and tcfg.astyx_train_on == "train+val":
         train_set = concatenate([train_set, val_set])
-    print(
-        f"train: {train_set.description}: {len(train_set)} frames; "
-        f"val: {val_set.description}: {len(val_set)} frames "
-        f"(features ready in {time.monotonic() - started:.0f} s)",
-        flush=True,
-    )
+    if main:
+        print(
+            f"train: {train_set.description}: {len(train_set)} frames; "
+            f"val: {val_set.description}: {len(val_set)} frames "
+            f"(features ready in {time.monotonic() - started:.0f} s)"
+            + (f"; {replicas.size} processes" if replicas.distributed else ""),
+            flush=True,
+        )
     result = train(cfg, tcfg, train_set, val_set, resume=args.resume)
+    if not main:
+        return 0
     best = max(result.history, key=lambda r: r["val_mean_ap"]) if result.history else {}
     print(
         f"best val mean AP {result.best_metric:.4f} (epoch {best.get('epoch')}, "

@@ -6,10 +6,18 @@ modality dropout (a sample loses its camera or its radar, so one set of weights 
 camera-only and radar-only modes), augmentations consistent across sensors
 (`fusion.learn.augment`), a validation pass each epoch (fused mean AP, `fusion.learn.evaluate`),
 the best EMA weights kept as ``best.safetensors``, early stopping after ``patience`` epochs
-without improvement, a ``log.csv`` row per epoch and a tqdm bar. ``last.safetensors`` holds the
+without improvement, a ``log.csv`` row per epoch, a ``steps.csv`` row of losses per step and a
+tqdm bar. ``last.safetensors`` holds the
 whole training state every epoch; ``resume`` continues from it. At the end the health score is
 calibrated on the validation frames (`fusion.model.health.calibrate`) and written into the best
 weights' config, with the train config, data, code version and seed in their header.
+
+Every random draw of a sample (its augmentations, which sensor modality dropout takes away, the
+VAE's noise) comes from a generator seeded by (seed, epoch, the sample's place in the epoch), and
+each epoch's order from (seed, epoch): what a sample gets does not depend on the batch it is in
+or the process that holds it. So under torchrun (`fusion.learn.distributed`) each process takes
+its share of every global batch and the run gives the one-process result within float tolerance;
+only the first process validates and writes files.
 """
 
 from __future__ import annotations
@@ -26,8 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from fusion.errors import ConfigError
+from fusion.learn import distributed
 from fusion.learn.batches import collate, modality_flags, sample
 from fusion.learn.config import TrainConfig
 from fusion.learn.evaluate import predict, score
@@ -36,6 +46,7 @@ from fusion.model.config import ModelConfig
 from fusion.model.health import calibrate
 from fusion.model.losses import total_loss
 from fusion.model.network import FusionNet
+from fusion.model.replicas import Replicas, synchronise_batch_norms
 from fusion.model.weights import save_weights
 
 log = logging.getLogger(__name__)
@@ -145,6 +156,35 @@ def validate(model: FusionNet, val: FeatureSet) -> dict[str, float]:
     }
 
 
+class _FromEarly(nn.Module):
+    """`FusionNet.from_early` as a module's forward (what DDP wraps and hooks)."""
+
+    def __init__(self, net: FusionNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: dict, present: torch.Tensor, noise: torch.Tensor) -> dict:
+        return self.net.from_early(
+            batch["f8"], batch["f16"], batch["f32"], batch["raster"], batch["grid"], present, noise
+        )
+
+
+def sample_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    """The generator of every random draw for the sample at `position` of `epoch`'s order."""
+    return np.random.default_rng([seed, epoch, position])
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The training frames' order in `epoch`."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _shard(chunk: np.ndarray, replicas: Replicas) -> tuple[np.ndarray, np.ndarray]:
+    """This process's share of a global batch: (positions in the batch, frame indices)."""
+    positions = np.array_split(np.arange(len(chunk)), replicas.size)[replicas.rank]
+    return positions, chunk[positions]
+
+
 def train(
     cfg: ModelConfig,
     tcfg: TrainConfig,
@@ -154,17 +194,20 @@ def train(
     resume: bool = False,
 ) -> TrainResult:
     """Train, validating each epoch; returns where the best weights are (see the module
-    docstring)."""
+    docstring). Under torchrun every process calls it with the same arguments."""
     from tqdm import tqdm
 
     if not len(train_set) or not len(val_set):
         raise ConfigError(
             f"need training and validation frames, got {len(train_set)} and {len(val_set)}"
         )
+    replicas = Replicas.current()
+    main = replicas.rank == 0
     out_dir = Path(tcfg.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tcfg.seed)
-    device = resolve_device(tcfg.device)
+    device = distributed.device_for(replicas, resolve_device(tcfg.device))
     if device.type == "cpu":
         torch.set_num_threads(tcfg.threads)
     last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
@@ -179,14 +222,22 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     stopper = EarlyStopping(tcfg.patience)
-    rng = np.random.default_rng(tcfg.seed)
     step, start_epoch, history = 0, 0, []
     if resuming:
         state = load_training_state(last_path, model, ema, optimizer)
         stopper.load_state_dict(state["early_stopping"])
-        rng.bit_generator.state = state["rng"]
         step, start_epoch, history = state["step"], state["epoch"] + 1, state["history"]
         log.info("resumed from %s at epoch %d (best %.4f)", last_path, start_epoch, stopper.best)
+    net: nn.Module = _FromEarly(model)
+    if replicas.distributed:
+        # The frozen backbone does not run in training (its maps are cached).
+        synchronise_batch_norms(model, skip=("image.early",))
+        net = nn.parallel.DistributedDataParallel(
+            net,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # the VAE sits out the batches with fewer than two frames that have both sensors
+            find_unused_parameters=True,
+        )
     steps_per_epoch = math.ceil(len(train_set) / tcfg.batch_size)
     total_steps = tcfg.epochs * steps_per_epoch
     metadata = {
@@ -194,24 +245,35 @@ def train(
         "data": json.dumps({"train": train_set.description, "val": val_set.description}),
         "code_version": code_version(),
         "seed": str(tcfg.seed),
+        "processes": str(replicas.size),
     }
     started = time.monotonic()
     epoch = start_epoch - 1
     for epoch in range(start_epoch, tcfg.epochs):
         model.train()
-        order = rng.permutation(len(train_set))
+        order = epoch_order(tcfg.seed, epoch, len(train_set))
         sums: dict[str, float] = {}
         bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch}", disable=not tcfg.progress, leave=False
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}",
+            disable=not (tcfg.progress and main),
+            leave=False,
         )
         for k in bar:
             chunk = order[k * tcfg.batch_size : (k + 1) * tcfg.batch_size]
-            batch = collate([sample(train_set, int(i), cfg, tcfg, rng) for i in chunk], device)
-            present = modality_flags(len(chunk), cfg, rng).to(device)
-            out = model.from_early(
-                batch["f8"], batch["f16"], batch["f32"], batch["raster"], batch["grid"], present
-            )
-            loss, parts = total_loss(out, batch["targets"], present, cfg)
+            if len(chunk) < replicas.size:  # a last batch too small to share: every process
+                log.warning("epoch %d: last %d frame(s) left out", epoch, len(chunk))  # skips
+                continue
+            samples, present, noise = [], [], []
+            for position, index in zip(*_shard(chunk, replicas), strict=True):
+                rng = sample_rng(tcfg.seed, epoch, k * tcfg.batch_size + int(position))
+                samples.append(sample(train_set, int(index), cfg, tcfg, rng))
+                present.append(modality_flags(1, cfg, rng))
+                noise.append(torch.from_numpy(rng.standard_normal(cfg.vae_latent)))
+            batch = collate(samples, device)
+            flags = torch.cat(present).to(device)
+            out = net(batch, flags, torch.stack(noise).float().to(device))
+            loss, parts = total_loss(out, batch["targets"], flags, cfg, replicas)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, tcfg.lr)
             optimizer.zero_grad(set_to_none=True)
@@ -219,10 +281,14 @@ def train(
             optimizer.step()
             step += 1
             update_ema(ema, model, min(tcfg.ema_decay, (1 + step) / (10 + step)))
+            if main:
+                _append_csv(out_dir / "steps.csv", {"epoch": epoch, "step": step} | parts)
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + value
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        scores = validate(ema, val_set)
+            bar.set_postfix(loss=f"{sum(parts.values()):.3f}")
+        scores = validate(ema, val_set) if main else {}
+        out_of_time = tcfg.max_minutes and time.monotonic() - started > tcfg.max_minutes * 60
+        scores, out_of_time = distributed.from_first(replicas, (scores, bool(out_of_time)))
         row = {
             "epoch": epoch,
             "seconds": round(time.monotonic() - started, 1),
@@ -230,26 +296,28 @@ def train(
             **{f"val_{k}": v for k, v in scores.items()},
         }
         history.append(row)
-        _append_csv(out_dir / "log.csv", row)
         improved = stopper.update(scores["mean_ap"])
-        if improved:
-            save_weights(best_path, ema, **metadata, best_metric=scores, epoch=epoch)
-        save_training_state(
-            last_path, model, ema, optimizer, epoch, step, stopper, rng, history, metadata
-        )
-        log.info(
-            "epoch %d: val mAP %.4f%s (%.0f s)",
-            epoch,
-            scores["mean_ap"],
-            " (best)" if improved else "",
-            time.monotonic() - started,
-        )
-        out_of_time = tcfg.max_minutes and time.monotonic() - started > tcfg.max_minutes * 60
+        if main:
+            _append_csv(out_dir / "log.csv", row)
+            if improved:
+                save_weights(best_path, ema, **metadata, best_metric=scores, epoch=epoch)
+            save_training_state(
+                last_path, model, ema, optimizer, epoch, step, stopper, history, metadata
+            )
+            log.info(
+                "epoch %d: val mAP %.4f%s (%.0f s)",
+                epoch,
+                scores["mean_ap"],
+                " (best)" if improved else "",
+                time.monotonic() - started,
+            )
         if stopper.should_stop or out_of_time:
             break
-    save_weights(out_dir / "final.safetensors", ema, **metadata, epoch=epoch)
-    best = calibrate_health(best_path, val_set, device)
-    return TrainResult(stopper.best, best, epoch + 1, time.monotonic() - started, history)
+    if main:
+        save_weights(out_dir / "final.safetensors", ema, **metadata, epoch=epoch)
+        calibrate_health(best_path, val_set, device)
+    distributed.barrier(replicas)
+    return TrainResult(stopper.best, best_path, epoch + 1, time.monotonic() - started, history)
 
 
 def calibrate_health(weights_path: Path, val_set: FeatureSet, device: torch.device) -> Path:
@@ -286,7 +354,6 @@ def save_training_state(
     epoch: int,
     step: int,
     stopper: EarlyStopping,
-    rng: np.random.Generator,
     history: list[dict],
     metadata: dict[str, str],
 ) -> None:
@@ -306,7 +373,6 @@ def save_training_state(
         "epoch": str(epoch),
         "step": str(step),
         "early_stopping": json.dumps(stopper.state_dict()),
-        "rng": json.dumps(rng.bit_generator.state),
         "history": json.dumps(history),
         **metadata,
     }
@@ -346,6 +412,5 @@ def load_training_state(
         "epoch": int(header["epoch"]),
         "step": int(header["step"]),
         "early_stopping": json.loads(header["early_stopping"]),
-        "rng": json.loads(header["rng"]),
         "history": json.loads(header["history"]),
     }

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812  (the PyTorch convention)
 from torch import nn
 
+from fusion.model import replicas
 from fusion.model.config import ModelConfig
 from fusion.model.efficientnet import (
     BLOCK_CHANNELS,
@@ -151,18 +152,35 @@ class HealthVAE(nn.Module):
         )
 
     def forward(
-        self, image: torch.Tensor, radar: torch.Tensor, present: torch.Tensor
+        self,
+        image: torch.Tensor,
+        radar: torch.Tensor,
+        present: torch.Tensor,
+        noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Scores per frame, (B,) each. In training only frames with both sensors are seen
-        (the others score 0), so the standardisation learns what a healthy frame looks like."""
-        if self.training:
-            both = (present[:, 0] > 0) & (present[:, 1] > 0)
-            if not both.all():
-                out = {k: image.new_zeros(image.shape[0], dtype=torch.float32) for k in VAE_KEYS}
-                if both.sum() > 1:  # batch norm needs two samples
-                    for k, v in self(image[both], radar[both], present[both]).items():
-                        out[k][both] = v
-                return out
+        (the others score 0), so the standardisation learns what a healthy frame looks like;
+        `noise` (B, latent) is the reparameterisation's standard normal draw (drawn here when
+        None; training passes one drawn per sample, so a sample's draw does not depend on the
+        batch it is in or on the process that holds it)."""
+        if not self.training:
+            return self._scores(image, radar, None)
+        both = (present[:, 0] > 0) & (present[:, 1] > 0)
+        # Counted over the global batch in a data-parallel run (fusion.model.replicas): every
+        # process then takes part in the batch norm's reductions, or none does.
+        if replicas.count(self.norm, both) < 2:  # batch norm needs two samples
+            return {k: image.new_zeros(image.shape[0], dtype=torch.float32) for k in VAE_KEYS}
+        if both.all():
+            return self._scores(image, radar, noise)
+        out = {k: image.new_zeros(image.shape[0], dtype=torch.float32) for k in VAE_KEYS}
+        subset = None if noise is None else noise[both]
+        for k, v in self._scores(image[both], radar[both], subset).items():
+            out[k][both] = v
+        return out
+
+    def _scores(
+        self, image: torch.Tensor, radar: torch.Tensor, noise: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         x = torch.cat(
             [_pool(image.detach(), VAE_IMAGE_POOL), _pool(radar.detach(), VAE_RADAR_POOL)], dim=1
         ).float()
@@ -172,7 +190,11 @@ class HealthVAE(nn.Module):
             x = (x - self.norm.running_mean) * torch.rsqrt(self.norm.running_var + self.norm.eps)
         h = self.encoder(x)
         mu, log_var = self.mu(h), self.log_var(h).clamp(-10, 10)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var) if self.training else mu
+        if self.training:
+            noise = torch.randn_like(mu) if noise is None else noise.to(mu)
+            z = mu + noise * torch.exp(0.5 * log_var)
+        else:
+            z = mu
         recon = ((self.decoder(z) - x) ** 2).mean(dim=1)  # (B,)
         kl = 0.5 * (mu**2 + log_var.exp() - 1 - log_var).sum(dim=1)  # (B,)
         return dict(zip(VAE_KEYS, (recon, kl, recon + self.beta * kl), strict=True))
@@ -238,7 +260,10 @@ class FusionNet(nn.Module):
         raster: torch.Tensor,
         grid: torch.Tensor,
         present: torch.Tensor,
+        vae_noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """`forward` from the frozen backbone's maps (what training runs on the cached maps);
+        `vae_noise` as `HealthVAE.forward`'s `noise`."""
         b, z, gx, gy, _ = grid.shape
         features = self.image.from_early(f8, f16, f32)  # (B, L, H/8, W/8)
         lifted = F.grid_sample(
@@ -259,7 +284,7 @@ class FusionNet(nn.Module):
         x = x + F.interpolate(self.up(self.coarse(x)), size=(gx, gy), mode="nearest")
         x = self.post(x)
         out = {name: head(x) for name, head in self.heads.items()}  # each (B, n, x, y)
-        out.update(self.vae(features * camera_on, radar_bev, present))
+        out.update(self.vae(features * camera_on, radar_bev, present, vae_noise))
         return out
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
