@@ -16,7 +16,8 @@ recorder logs when it received it, so one recording of the outputs holds the who
 | capture -> recorded | ``capture_ns`` -> the recorder's log time |
 
 Only monotonic-clock outputs are timed (a replay restamps its inputs onto the monotonic clock).
-Each stage is one `fusion.core.latency.LatencyHistogram`, the histogram the nodes use.
+Each stage is one `fusion.core.latency.LatencyHistogram`, the histogram the nodes use; the stages
+are `fusion.core.latency.STAGES`, shared with the viewers (`fusion.views`).
 """
 
 from __future__ import annotations
@@ -26,21 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fusion.core.latency import LatencyHistogram
+from fusion.core.latency import STAGES, LatencyHistogram, stage_latencies_ms
 from fusion.logs.reader import RecordingReader
 from fusion.wire.messages import Detections
-
-STAGES = (
-    ("transport in", "input_published", "received"),
-    ("sync", "received", "synced"),
-    ("preprocess", "synced", "preprocessed"),
-    ("model", "preprocessed", "inferred"),
-    ("decode", "inferred", "decoded"),
-    ("publish", "decoded", "published"),
-    ("transport out", "published", "log"),
-    ("capture -> detections", "capture", "decoded"),
-    ("capture -> recorded", "capture", "log"),
-)
 
 
 @dataclass
@@ -66,13 +55,8 @@ class LatencyReport:
             self.health.append(det.health["score"])
         if det.clock != "monotonic":
             return
-        stamps = {**det.trace, "capture": det.capture_ns}
-        if log_time_ns is not None:
-            stamps["log"] = log_time_ns
-        for name, start, end in STAGES:
-            if start in stamps and end in stamps:
-                stage = self.latency_ms.setdefault(name, LatencyHistogram())
-                stage.add((stamps[end] - stamps[start]) / 1e6)
+        for name, ms in stage_latencies_ms(det.trace, det.capture_ns, log_time_ns).items():
+            self.latency_ms.setdefault(name, LatencyHistogram()).add(ms)
 
     def percentiles(self) -> dict[str, dict[str, float]]:
         """Per timed stage, in `STAGES` order: p50/p95/p99/max (ms) and ``n``."""

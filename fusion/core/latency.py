@@ -4,9 +4,15 @@
 `hdrhistogram` package) at microsecond resolution with 3 significant digits: constant memory
 however long a node runs, constant time per sample, and percentiles within 0.1 % of the
 recorded values. It reports p50/p95/p99/max in milliseconds and the count (``n``).
+
+`STAGES` names the stages of an output's latency trace and `stage_latencies_ms` times them, so
+the latency report (`fusion.report`) and the live and exported views (`fusion.views`) split a
+`Detections` message's latency the same way.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from hdrh.histogram import HdrHistogram
 
@@ -45,3 +51,35 @@ class LatencyHistogram:
 def format_latency(stats: LatencyHistogram) -> str:
     p = stats.percentiles()
     return f"p50 {p['p50']:.1f} ms p99 {p['p99']:.1f} ms max {p['max']:.1f} ms (n={stats.count})"
+
+
+#: The stages of a `Detections` output's latency: (name, from stamp, to stamp). The stamps are
+#: its trace's hops plus ``capture`` (its ``capture_ns``) and ``log`` (when a recorder, or a
+#: live view, received it).
+STAGES: tuple[tuple[str, str, str], ...] = (
+    ("transport in", "input_published", "received"),
+    ("sync", "received", "synced"),
+    ("preprocess", "synced", "preprocessed"),
+    ("model", "preprocessed", "inferred"),
+    ("decode", "inferred", "decoded"),
+    ("publish", "decoded", "published"),
+    ("transport out", "published", "log"),
+    ("capture -> detections", "capture", "decoded"),
+    ("capture -> recorded", "capture", "log"),
+)
+
+
+def stage_latencies_ms(
+    trace: Mapping[str, int], capture_ns: int, log_time_ns: int | None = None
+) -> dict[str, float]:
+    """Stage name -> latency (ms), in `STAGES` order, for each stage whose two stamps are known.
+    Only meaningful for an output on the monotonic clock (its trace's clock); the caller checks
+    that."""
+    stamps = {**trace, "capture": capture_ns}
+    if log_time_ns is not None:
+        stamps["log"] = log_time_ns
+    return {
+        name: (stamps[end] - stamps[start]) / 1e6
+        for name, start, end in STAGES
+        if start in stamps and end in stamps
+    }
