@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("fusion.learn.cli:train", "train the fusion model"),
     "eval": ("fusion.learn.cli:eval", "evaluate a model on a recording"),
+    "export": ("fusion.views.cli:export", "write a recording for Foxglove or Rerun"),
+    "view": ("fusion.views.cli:view", "show the running graph in Foxglove or Rerun"),
+    "fleet": ("fusion.fleet.cli", "replay and evaluate many recordings on a Ray cluster"),
     "launch": ("fusion.runtime.launch", "start a node graph from YAML"),
     "keys": ("fusion.runtime.security", "make this host's CurveZMQ keys; authorise peers"),
 }

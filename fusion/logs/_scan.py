@@ -47,8 +47,14 @@ from mcap.data_stream import ReadDataStream
 from mcap.opcode import Opcode
 from mcap.records import Channel, Metadata, Schema
 
-from fusion.errors import CorruptRecordingError, DecodeError, RecordingError
-from fusion.logs.framing import MESSAGE_ENCODING, RecordedMessage, unframe_message
+from fusion.errors import CorruptRecordingError, DecodeError
+from fusion.logs.framing import (
+    MESSAGE_ENCODING,
+    RecordedMessage,
+    ViewMessage,
+    ViewSchema,
+    unframe_message,
+)
 
 #: Largest chunk accepted, uncompressed: the writer's largest chunk size (32 MiB) plus the
 #: largest message (a 64 MiB buffer and its header), with room to spare.
@@ -229,6 +235,7 @@ class ChunkedRecording:
         self.chunks_read = 0
         self.message_budget = max(MIN_MESSAGE_BUDGET, file.size_bytes // BYTES_PER_MESSAGE)
         self._pool: ThreadPoolExecutor | None = None
+        self._view_schemas: dict[int, tuple[Channel, ViewSchema]] = {}
 
     @classmethod
     def from_index(
@@ -548,12 +555,35 @@ class ChunkedRecording:
     def end_ns(self) -> int:
         return max((c.end_ns for c in self.chunks if c.intact is not False), default=0)
 
+    def is_view(self, channel: Channel) -> bool:
+        """Whether `channel` is a view channel (another encoding than ours: never replayed)."""
+        return channel.message_encoding != MESSAGE_ENCODING
+
+    def view_schema(self, channel: Channel) -> ViewSchema:
+        """The schema of a view channel (empty for a schemaless one), made once per channel."""
+        known = self._view_schemas.get(channel.id)
+        if known is None or known[0] is not channel:
+            schema = self.schemas.get(channel.schema_id)
+            view = ViewSchema(
+                schema.name if schema else "",
+                schema.encoding if schema else "",
+                bytes(schema.data) if schema else b"",
+                channel.message_encoding,
+            )
+            known = self._view_schemas[channel.id] = (channel, view)
+        return known[1]
+
     def messages(
-        self, topics: Iterable[str] | None, start_ns: int | None, end_ns: int | None
-    ) -> Iterator[RecordedMessage]:
+        self,
+        topics: Iterable[str] | None,
+        start_ns: int | None,
+        end_ns: int | None,
+        views: bool = False,
+    ) -> Iterator[RecordedMessage | ViewMessage]:
         """Messages of the intact chunks in log-time order (ties: chunk offset, then position
         in the chunk, as `mcap`'s reader orders them), filtered by topic and ``start_ns <= log
-        time < end_ns``; then the damage found, if any (unless the window ends before it)."""
+        time < end_ns``; then the damage found, if any (unless the window ends before it).
+        Messages of view channels are left out unless `views` (then as `ViewMessage`s)."""
         wanted = None if topics is None else {topics} if isinstance(topics, str) else set(topics)
         ids = (
             None if wanted is None else {c for c, ch in self.channels.items() if ch.topic in wanted}
@@ -584,7 +614,7 @@ class ChunkedRecording:
                         and (start_ns is None or log_ns >= start_ns)
                         and (end_ns is None or log_ns < end_ns)
                     ):
-                        message = self._message(chunk, cid, seq, log_ns, pub, data)
+                        message = self._message(chunk, cid, seq, log_ns, pub, data, views)
                         if message is not None:
                             heapq.heappush(heap, (log_ns, chunk.offset, i, message))
             if not heap:
@@ -595,14 +625,21 @@ class ChunkedRecording:
             raise damage
 
     def _message(
-        self, chunk: Chunk, cid: int, seq: int, log_ns: int, publish_ns: int, data: memoryview
-    ) -> RecordedMessage | None:
+        self,
+        chunk: Chunk,
+        cid: int,
+        seq: int,
+        log_ns: int,
+        publish_ns: int,
+        data: memoryview,
+        views: bool,
+    ) -> RecordedMessage | ViewMessage | None:
         channel = self.channels[cid]
-        if channel.message_encoding != MESSAGE_ENCODING:
-            raise RecordingError(
-                f"{self.path}: channel {channel.topic!r:.80} has encoding "
-                f"{channel.message_encoding!r:.80}; this build reads {MESSAGE_ENCODING!r}"
-            )
+        if self.is_view(channel):
+            if not views:
+                return None
+            schema = self.view_schema(channel)
+            return ViewMessage(channel.topic, log_ns, publish_ns, seq, schema, data)
         try:
             frames = unframe_message(data)
         except DecodeError as exc:

@@ -290,6 +290,12 @@ def add_record_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue-size", type=int, default=RECORDER_QUEUE_SIZE, help="receive queue per topic"
     )
+    parser.add_argument(
+        "--foxglove",
+        action="store_true",
+        help="also write each message in Foxglove's schemas (view channels beside the msgpack "
+        "ones; see docs/viewers.md), so Foxglove opens the recording as it is",
+    )
     node.add_common_arguments(parser)
 
 
@@ -322,7 +328,13 @@ def run_record(args: argparse.Namespace) -> int:
         compression=args.compression,
         metadata={"topics": ",".join(topics), "command": " ".join(sys.argv)},
     ) as writer:
-        recorder = Recorder.for_topics(writer, topics, endpoints, args.queue_size)
+        views = None
+        if args.foxglove:
+            # Imported only when asked for: it loads the Foxglove SDK.
+            from fusion.logs.foxglove import FoxgloveChannels
+
+            views = FoxgloveChannels(writer)
+        recorder = Recorder.for_topics(writer, topics, endpoints, args.queue_size, views)
         try:
             log.info("recording %s to %s", ",".join(topics), out)
             stats = node.StatsLine("recorder", args.stats_period_s, recorder.summary_line)
@@ -344,6 +356,12 @@ def run_record(args: argparse.Namespace) -> int:
             recorder.close()
     log.info("recorded %s: %s", out, recorder.summary_line())
     log.info("recorder counters at close: %s", json.dumps(recorder.counters(), sort_keys=True))
+    if views is not None:
+        log.info(
+            "view channels written: %s; messages not shown: %s",
+            json.dumps(writer.view_counts, sort_keys=True),
+            json.dumps(dict(views.converter.skipped), sort_keys=True),
+        )
     return 0
 
 

@@ -6,6 +6,10 @@ topic's wire frames ``[header, buffer...]`` exactly as they travel over ZeroMQ (
 is the channel), framed as a u32 frame count and, per frame, a u64 length and its bytes
 (`frame_message` / `unframe_message`), so a replay publishes the bytes that were recorded.
 `docs/wire-format.md` ("In recordings") describes the layout for readers in other languages.
+
+A recording may also hold *view* channels beside them: the same data in another encoding for
+another viewer (Foxglove's protobuf schemas, JSON for plots; `fusion.logs.foxglove`), described
+by a `ViewSchema`. They are derived copies, never replayed; `RecordingReader` keeps them apart.
 """
 
 from __future__ import annotations
@@ -38,6 +42,19 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 Frame = bytes | memoryview
+
+
+@dataclass(frozen=True)
+class ViewSchema:
+    """The MCAP schema and message encoding of a view channel (anything but our own encoding):
+    ``name`` (``foxglove.CompressedImage``), schema ``encoding`` (``protobuf``, ``jsonschema``;
+    empty for a schemaless channel), the schema ``data``, and the channel's
+    ``message_encoding`` (``protobuf``, ``json``)."""
+
+    name: str
+    encoding: str
+    data: bytes
+    message_encoding: str
 
 
 def frame_message(frames: Sequence[Frame]) -> bytes:
@@ -144,3 +161,16 @@ def _address(view: Frame) -> int:
     if not len(view):
         return 0
     return np.frombuffer(view, np.uint8).ctypes.data
+
+
+@dataclass(frozen=True)
+class ViewMessage:
+    """One recorded message of a view channel (see `ViewSchema`): its bytes as stored (a view
+    of the chunk's data), never decoded here."""
+
+    topic: str
+    log_time_ns: int
+    publish_time_ns: int
+    sequence: int
+    schema: ViewSchema
+    data: Frame

@@ -15,6 +15,12 @@ is reported afterwards as a `CorruptRecordingError` naming the file and byte off
 `fusion.logs.recover` rewrites the intact chunks into a new, valid, indexed file. The message
 payloads are our own wire frames (`fusion.logs.framing`), returned as `RecordedMessage`s and
 decoded with `fusion.wire.codec`.
+
+View channels (another encoding than ours, such as the Foxglove channels `fusion record
+--foxglove` writes beside the msgpack ones; `fusion.logs.framing.ViewSchema`) are derived copies:
+`topics` and `messages` leave them out, so a replay never sees them; `view_topics` lists them,
+`messages(views=True)` yields them as `ViewMessage`s (`fusion recover` copies them too), and
+`summary` counts them like any channel.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 from mcap.data_stream import ReadDataStream
@@ -51,13 +58,19 @@ from fusion.logs._scan import (
     read_schema_or_channel,
     summary_problem,
 )
-from fusion.logs.framing import RecordedMessage
+from fusion.logs.framing import RecordedMessage, ViewMessage
 from fusion.logs.summary import RecordingSummary, TopicSummary, topic_summary
 from fusion.wire.messages import Message
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_SUMMARY_BYTES", "RecordedMessage", "RecordingReader", "recorded_messages"]
+__all__ = [
+    "MAX_SUMMARY_BYTES",
+    "RecordedMessage",
+    "RecordingReader",
+    "ViewMessage",
+    "recorded_messages",
+]
 
 _U16_U32 = struct.Struct("<HI")  # a message index: channel id, byte length of its entries
 _U32 = struct.Struct("<I")
@@ -233,10 +246,26 @@ class RecordingReader:
 
     @property
     def topics(self) -> dict[str, str]:
-        """Recorded topic -> message type name."""
-        return {ch.topic: self._type_name(ch) for ch in self.channels.values()}
+        """Recorded topic -> message type name (our own channels; view channels are left out)."""
+        return {
+            ch.topic: self._type_name(ch)
+            for ch in self.channels.values()
+            if not self._chunks.is_view(ch)
+        }
+
+    @property
+    def view_topics(self) -> dict[str, str]:
+        """View channel topic -> schema name (``foxglove.CompressedImage``; the message encoding
+        for a schemaless channel)."""
+        return {
+            ch.topic: self._chunks.view_schema(ch).name or ch.message_encoding
+            for ch in self.channels.values()
+            if self._chunks.is_view(ch)
+        }
 
     def _type_name(self, channel: Channel) -> str:
+        if self._chunks.is_view(channel):
+            return self._chunks.view_schema(channel).name or channel.message_encoding
         schema = self._chunks.schemas.get(channel.schema_id)
         return schema.name if schema else channel.metadata.get("message_type", "?")
 
@@ -248,18 +277,52 @@ class RecordingReader:
     def end_ns(self) -> int:
         return self._chunks.end_ns
 
+    @overload
     def messages(
         self,
         topics: Iterable[str] | None = None,
         start_ns: int | None = None,
         end_ns: int | None = None,
-    ) -> Iterator[RecordedMessage]:
+        *,
+        views: Literal[False] = False,
+    ) -> Iterator[RecordedMessage]: ...
+
+    @overload
+    def messages(
+        self,
+        topics: Iterable[str] | None = None,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        views: bool,
+    ) -> Iterator[RecordedMessage | ViewMessage]: ...
+
+    def messages(
+        self,
+        topics: Iterable[str] | None = None,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        views: bool = False,
+    ) -> Iterator[RecordedMessage | ViewMessage]:
         """Messages in log-time order, on `topics` (all if None), with ``start_ns <= log time <
         end_ns``. Reads only the chunks that can hold them. Raises `CorruptRecordingError` after
         yielding every message of the intact chunks when the file is damaged (unless the window
-        ends before the damage)."""
+        ends before the damage).
+
+        Only our own channels' `RecordedMessage`s unless `views`: then view channels'
+        `ViewMessage`s too. Naming a view topic in `topics` without `views` is a
+        `RecordingError` (it cannot be decoded or replayed)."""
         topics = [topics] if isinstance(topics, str) else None if topics is None else list(topics)
-        return self._chunks.messages(topics, start_ns, end_ns)
+        if not views and topics is not None:
+            asked = set(topics) & set(self.view_topics) - set(self.topics)
+            if asked:
+                raise RecordingError(
+                    f"{self.path}: {sorted(asked)} are view channels "
+                    f"({', '.join(sorted({self.view_topics[t] for t in asked}))}), "
+                    "not messages of ours; open them in their viewer (Foxglove)"
+                )
+        return self._chunks.messages(topics, start_ns, end_ns, views)
 
     def verify(self) -> None:
         """Read every chunk, raising `CorruptRecordingError` if any is damaged."""

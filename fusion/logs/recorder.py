@@ -4,16 +4,22 @@ Every topic is received in queued mode with a deep queue, even latest-only ones,
 recording must hold every message, not the newest one. The recorder never slows a publisher
 (ZeroMQ PUB drops instead of blocking); what it could not keep up with shows up as ``lost`` (gaps
 in ``seq``) in `counters`. The MCAP log time of a message is the monotonic time it was received.
+
+Given `views` (``fusion record --foxglove``: `fusion.logs.foxglove.FoxgloveChannels`), the
+recorder also writes each message's view channels beside it, from the message it already
+decoded on receipt; the msgpack record is written first and stays the recording.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import zmq
 
 from fusion.logs.writer import RecordingWriter
 from fusion.runtime.transport import Subscriber
+from fusion.wire.messages import Message
 
 #: Receive queue per topic, in messages: 50 s of a 20 Hz camera (the memory is spent only when
 #: the writer falls behind).
@@ -22,11 +28,24 @@ RECORDER_QUEUE_SIZE = 1000
 MAX_BATCH = 64
 
 
-class Recorder:
-    """Writes what `subscribers` receive to `writer`. Call `poll` in a loop, then `close`."""
+class ViewWriter(Protocol):
+    """Writes another viewer's channels for a message (`fusion.logs.foxglove.FoxgloveChannels`)."""
 
-    def __init__(self, writer: RecordingWriter, subscribers: Mapping[str, Subscriber]) -> None:
+    def write(self, topic: str, msg: Message, log_time_ns: int) -> int: ...
+
+
+class Recorder:
+    """Writes what `subscribers` receive to `writer` (and, given `views`, their view channels).
+    Call `poll` in a loop, then `close`."""
+
+    def __init__(
+        self,
+        writer: RecordingWriter,
+        subscribers: Mapping[str, Subscriber],
+        views: ViewWriter | None = None,
+    ) -> None:
         self.writer = writer
+        self.views = views
         self.subscribers = dict(subscribers)
         self._poller = zmq.Poller()
         for sub in self.subscribers.values():
@@ -39,6 +58,7 @@ class Recorder:
         topics: list[str],
         endpoints: Mapping[str, str] | None = None,
         queue_size: int = RECORDER_QUEUE_SIZE,
+        views: ViewWriter | None = None,
     ) -> Recorder:
         """Subscribe to `topics` (queued, deep queues) at their endpoints (or the overrides)."""
         subs = {}
@@ -51,7 +71,7 @@ class Recorder:
             for sub in subs.values():
                 sub.close()
             raise
-        return cls(writer, subs)
+        return cls(writer, subs, views)
 
     def poll(self, timeout_ms: int = 100) -> int:
         """Wait up to `timeout_ms` for messages, write all that arrived; how many were written."""
@@ -66,6 +86,8 @@ class Recorder:
                 self.writer.write_frames(
                     topic, frames, msg.trace["received"], msg.capture_ns, sequence=msg.seq
                 )
+                if self.views is not None:
+                    self.views.write(topic, msg, msg.trace["received"])
                 total += 1
         return total
 
@@ -97,7 +119,10 @@ class Recorder:
                 if c[k]
             )
             parts.append(f"{topic} {c['written']}{extra}")
-        return "written: " + ", ".join(parts)
+        line = "written: " + ", ".join(parts)
+        if self.views is not None:
+            line += f"; views {sum(self.writer.view_counts.values())}"
+        return line
 
     def close(self) -> None:
         for sub in self.subscribers.values():

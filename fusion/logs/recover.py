@@ -3,7 +3,8 @@
 A recorder killed with SIGKILL, a full disk, a truncated copy or flipped bytes leave a file
 without its summary or with damaged chunks; `recover` reads it through `RecordingReader`, which
 skips damage and resynchronises on the next chunk, so every intact chunk is kept wherever the
-damage is, and writes what it holds with `RecordingWriter`.
+damage is, and writes what it holds with `RecordingWriter`: our own channels and the view
+channels (Foxglove's) alike.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from pathlib import Path
 
 from fusion.errors import CorruptRecordingError, RecordingError
-from fusion.logs.framing import METADATA_NAME
+from fusion.logs.framing import METADATA_NAME, ViewMessage
 from fusion.logs.reader import RecordingReader
 from fusion.logs.writer import DEFAULT_CHUNK_SIZE, RecordingWriter
 
@@ -28,7 +29,8 @@ def recover(
 ) -> dict[str, int]:
     """Copy every message of every intact chunk of `src` into a new, valid, indexed `dst`.
 
-    Returns messages recovered per topic. The damage found (if any) is logged, not raised.
+    Returns messages recovered per topic (view channels included). The damage found (if any) is
+    logged, not raised.
     """
     if Path(src).resolve() == Path(dst).resolve():
         raise RecordingError(f"recover needs a new output file, not the damaged one ({src})")
@@ -38,10 +40,25 @@ def recover(
         meta["recovered_damage"] = str(reader.damage) if reader.damage else ""
         with RecordingWriter(dst, chunk_size=chunk_size, metadata=meta) as writer:
             try:
-                for m in reader.messages():
-                    writer.write_frames(
-                        m.topic, m.frames, m.log_time_ns, m.publish_time_ns, sequence=m.sequence
-                    )
+                for m in reader.messages(views=True):
+                    if isinstance(m, ViewMessage):
+                        writer.write_view(
+                            m.topic,
+                            m.schema,
+                            m.data,
+                            m.log_time_ns,
+                            m.publish_time_ns,
+                            sequence=m.sequence,
+                        )
+                    else:
+                        writer.write_frames(
+                            m.topic,
+                            m.frames,
+                            m.log_time_ns,
+                            m.publish_time_ns,
+                            sequence=m.sequence,
+                        )
             except CorruptRecordingError as exc:
-                log.warning("recovered %d messages; then: %s", sum(writer.counts.values()), exc)
-            return dict(writer.counts)
+                total = sum(writer.counts.values()) + sum(writer.view_counts.values())
+                log.warning("recovered %d messages; then: %s", total, exc)
+            return {**writer.counts, **writer.view_counts}

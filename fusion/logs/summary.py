@@ -71,12 +71,15 @@ class RecordingSummary:
 
     def format(self) -> str:
         ratio = self.uncompressed_bytes / self.compressed_bytes if self.compressed_bytes else 1.0
+        # View channels (Foxglove's) have long topic and schema names.
+        topic_w = max([14, *(len(t.topic) for t in self.topics.values())])
+        type_w = max([12, *(len(t.message_type) for t in self.topics.values())])
         lines = [
             f"{self.path}: {self.size_bytes / 1e6:.1f} MB, {self.duration_s:.2f} s, "
             f"{self.message_count} messages in {self.chunk_count} chunks "
             f"(compression {ratio:.2f}x), {'indexed' if self.indexed else 'NOT indexed (scanned)'}",
-            f"{'topic':<14} {'type':<12} {'count':>7} {'rate_hz':>8} {'nominal':>8} {'gaps':>5}"
-            "  longest gap",
+            f"{'topic':<{topic_w}} {'type':<{type_w}} {'count':>7} {'rate_hz':>8} {'nominal':>8} "
+            f"{'gaps':>5}  longest gap",
         ]
         for t in self.topics.values():
             nominal = f"{t.nominal_rate_hz:.1f}" if t.nominal_rate_hz else "-"
@@ -88,7 +91,8 @@ class RecordingSummary:
                 else "-"
             )
             lines.append(
-                f"{t.topic:<14} {t.message_type:<12} {t.count:>7} {t.rate_hz:>8.2f} {nominal:>8} "
+                f"{t.topic:<{topic_w}} {t.message_type:<{type_w}} {t.count:>7} {t.rate_hz:>8.2f} "
+                f"{nominal:>8} "
                 f"{len(t.gaps):>5}  {where}"
             )
         for name, values in self.metadata.items():

@@ -3,6 +3,10 @@
 `RecordingWriter` writes with the `mcap` package. The MCAP log time of a message is when it was
 received (recorder) or written, on the monotonic clock unless the writer's metadata says
 otherwise; the MCAP publish time is the message's ``capture_ns``. Both are kept.
+
+`RecordingWriter.write_view` adds view channels (`fusion.logs.framing.ViewSchema`: the same data
+in another viewer's encoding, such as Foxglove's protobuf schemas) beside our own channels, in
+the same chunks, so one file serves both `fusion play` and Foxglove.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from fusion.logs.framing import (
     METADATA_NAME,
     PROFILE,
     SCHEMA_ENCODING,
+    ViewSchema,
     as_view,
     channel_metadata,
     frame_message,
@@ -84,7 +89,11 @@ class RecordingWriter:
         self._mcap.add_metadata(METADATA_NAME, {**info, **(metadata or {})})
         self._channels: dict[str, int] = {}
         self._schemas: dict[str, int] = {}
+        self._view_channels: dict[str, tuple[int, ViewSchema]] = {}
+        self._view_schemas: dict[ViewSchema, int] = {}
         self.counts: dict[str, int] = {}
+        #: messages written per view channel (not in `counts`: those are our own topics)
+        self.view_counts: dict[str, int] = {}
         self.closed = False
 
     def write(self, topic: str, msg: Message, log_time_ns: int | None = None) -> None:
@@ -117,6 +126,8 @@ class RecordingWriter:
             )
         channel_id = self._channels.get(topic)
         if channel_id is None:
+            if topic in self._view_channels:
+                raise RecordingError(f"{topic!r} is a view channel of this recording")
             channel_id = self._register(topic, views[1])
         try:
             self._mcap.add_message(
@@ -131,6 +142,55 @@ class RecordingWriter:
             self._file.flush()
         except OSError as exc:
             raise self._failed(exc) from exc
+
+    def write_view(
+        self,
+        topic: str,
+        schema: ViewSchema,
+        data: bytes | memoryview,
+        log_time_ns: int,
+        publish_time_ns: int,
+        *,
+        sequence: int = 0,
+    ) -> None:
+        """Write one message of the view channel `topic`, registered with `schema` on its first
+        message. A view topic cannot share its name with one of our own topics, nor change its
+        schema (`RecordingError`)."""
+        if self.closed:
+            raise RecordingError(f"{self.path} is closed")
+        known = self._view_channels.get(topic)
+        if known is None:
+            channel_id = self._register_view(topic, schema)
+        elif known[1] != schema:
+            raise RecordingError(
+                f"view channel {topic!r} has schema {known[1].name!r}, cannot write a "
+                f"{schema.name!r} message on it"
+            )
+        else:
+            channel_id = known[0]
+        try:
+            self._mcap.add_message(
+                channel_id,
+                log_time=max(0, log_time_ns),
+                data=data,
+                publish_time=max(0, publish_time_ns),
+                sequence=sequence & 0xFFFFFFFF,
+            )
+            self.view_counts[topic] = self.view_counts.get(topic, 0) + 1
+            self._file.flush()
+        except OSError as exc:
+            raise self._failed(exc) from exc
+
+    def _register_view(self, topic: str, schema: ViewSchema) -> int:
+        if topic in self._channels:
+            raise RecordingError(f"{topic!r} is one of this recording's own topics, not a view")
+        schema_id = self._view_schemas.get(schema)
+        if schema_id is None and schema.encoding:
+            schema_id = self._mcap.register_schema(schema.name, schema.encoding, schema.data)
+            self._view_schemas[schema] = schema_id
+        channel_id = self._mcap.register_channel(topic, schema.message_encoding, schema_id or 0)
+        self._view_channels[topic] = (channel_id, schema)
+        return channel_id
 
     def _register(self, topic: str, header: memoryview) -> int:
         try:

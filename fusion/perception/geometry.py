@@ -67,6 +67,27 @@ def quaternion_to_rotation(w: float, x: float, y: float, z: float) -> np.ndarray
     )
 
 
+def rotation_to_quaternion(rotation: np.ndarray) -> tuple[float, float, float, float]:
+    """The unit quaternion (w, x, y, z), w >= 0, of a 3x3 rotation matrix (the inverse of
+    `quaternion_to_rotation`; Shepperd's method, stable for any angle)."""
+    r = np.asarray(rotation, dtype=np.float64)
+    trace = r[0, 0] + r[1, 1] + r[2, 2]
+    if trace > 0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        q = (0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s)
+    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2])
+        q = ((r[2, 1] - r[1, 2]) / s, 0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s)
+    elif r[1, 1] > r[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2])
+        q = ((r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s)
+    else:
+        s = 2.0 * np.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1])
+        q = ((r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s)
+    w, x, y, z = (float(v) for v in np.asarray(q) / np.linalg.norm(q))
+    return (w, x, y, z) if w >= 0 else (-w, -x, -y, -z)
+
+
 def box_corners(center: np.ndarray, size_lwh: np.ndarray, yaw_rad: float) -> np.ndarray:
     """The 8 corners (8, 3) of a box with centre (x, y, z), size (l, w, h) and yaw about z."""
     l, w, h = size_lwh
