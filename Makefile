@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-load fuzz bench lint clean-venv
+.PHONY: demo test test-load fuzz bench lint clean-venv chromium rerun-shot
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,8 +16,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m fusion.demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+# Debian's Chromium for the check that renders an exported drive in Rerun's web viewer
+# (tests/test_rerun_browser.py): installed where this runs as root with apt, else that one test
+# is skipped and says why.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+		|| echo "make: chromium not installed; the Rerun browser check will be skipped"; }
+
+# The browser check's picture on its own: out/rerun/city.png
+rerun-shot: $(STAMP) chromium
+	$(PY) -m tests.rerun_screenshot recordings/city.mcap -o out/rerun/city.png
 
 # The process tests (marked slow) while two busy loops hold both cores, as on a shared machine:
 # they must wait on events with generous deadlines, never on fixed sleeps or tight ratios.
