@@ -15,6 +15,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -69,13 +70,32 @@ def score_replay(
 ) -> tuple[EvalResult, dict[str, int]]:
     """Score the recorded Detections of a replay against the recording's ground truth; also
     returns counts (frames with ground truth, answered, modes)."""
+    answers: dict[int, Detections] = {}
+    for record in RecordingReader(detections_path).messages(topics=["detections"]):
+        out = record.decode()
+        seq = out.source_seqs.get("camera")
+        if isinstance(out, Detections) and seq is not None:
+            answers[seq] = out
+    return score_answers(recording, answers, classes)
+
+
+def score_answers(
+    recording: Path,
+    answers: Mapping[int, Detections],
+    classes: tuple[str, ...],
+    end_s: float | None = None,
+) -> tuple[EvalResult, dict[str, int]]:
+    """Score a replay's answers (camera seq -> its Detections) against the recording's ground
+    truth, for the frames logged in its first `end_s` seconds (all when None, as the player's
+    ``end_s``); a frame with ground truth and no answer counts as detecting nothing. Also
+    returns counts (frames with ground truth, answered, modes)."""
     camera: CameraModel | None = None
     capture_of: dict[int, int] = {}
     truths: dict[int, np.ndarray] = {}
     cameras: dict[int, CameraModel] = {}
-    for record in RecordingReader(recording).messages(
-        topics=["calibration", "camera", "ground_truth"]
-    ):
+    reader = RecordingReader(recording)
+    end_ns = None if end_s is None else reader.start_ns + int(end_s * 1e9)
+    for record in reader.messages(topics=["calibration", "camera", "ground_truth"], end_ns=end_ns):
         msg = record.decode()
         if isinstance(msg, Calibration) and msg.width_px > 0:
             camera = CameraModel.from_calibration(msg)
@@ -85,12 +105,6 @@ def score_replay(
                 cameras[msg.capture_ns] = camera
         elif isinstance(msg, GroundTruth):
             truths[msg.capture_ns] = msg.boxes
-    answers: dict[int, Detections] = {}
-    for record in RecordingReader(detections_path).messages(topics=["detections"]):
-        out = record.decode()
-        seq = out.source_seqs.get("camera")
-        if isinstance(out, Detections) and seq is not None:
-            answers[seq] = out
     pairs, counts = [], {"frames_with_truth": 0, "answered": 0}
     for seq, capture_ns in sorted(capture_of.items()):
         if capture_ns not in truths or capture_ns not in cameras:
