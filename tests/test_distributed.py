@@ -23,7 +23,7 @@ from fusion.learn.features import compute_features
 from fusion.learn.train import _FromEarly, _shard, sample_rng
 from fusion.model.losses import LOSS_PARTS, total_loss
 from fusion.model.network import FusionNet
-from fusion.model.replicas import Replicas, ReplicaBatchNorm, synchronise_batch_norms
+from fusion.model.replicas import ReplicaBatchNorm, Replicas, synchronise_batch_norms
 from fusion.model.synthetic import tiny_config
 from tests.test_train_eval import synthetic_frames
 
