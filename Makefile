@@ -27,9 +27,12 @@ chromium:
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
 		|| echo "make: chromium not installed; the Rerun browser check will be skipped"; }
 
-# The browser check's picture on its own: out/rerun/city.png
+# The picture in the README: the city drive replayed through the committed model (its inputs and
+# Detections on one timeline, fusion fleet replay --save), in Rerun's web viewer, headless
+# Chromium: out/rerun/city.png
 rerun-shot: $(STAMP) chromium
-	$(PY) -m tests.rerun_screenshot recordings/city.mcap -o out/rerun/city.png
+	$(VENV)/bin/fusion fleet replay recordings/city.mcap --no-ray --save out/rerun
+	$(PY) -m tests.rerun_screenshot out/rerun/city.replayed.mcap -o out/rerun/city.png
 
 # The process tests (marked slow) while two busy loops hold both cores, as on a shared machine:
 # they must wait on events with generous deadlines, never on fixed sleeps or tight ratios.

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from fusion.views import rerun as rerun_view
+from fusion.views.cli import DISPLAY_MIN_SCORE
 
 CHROMIUM = "/usr/bin/chromium"
 WINDOW_PX = (1600, 1000)
@@ -211,7 +212,7 @@ def screenshot_recording(recording: Path, out_png: Path, rrd: Path | None = None
     (see `screenshot_url`); the ``.rrd`` goes next to `out_png` unless `rrd` is given."""
     out_png.parent.mkdir(parents=True, exist_ok=True)
     rrd = rrd or out_png.with_suffix(".rrd")
-    rerun_view.export_recording(recording, rrd)
+    rerun_view.export_recording(recording, rrd, DISPLAY_MIN_SCORE)
     grpc_port, web_port = free_port(), free_port()
     server = subprocess.Popen(
         [

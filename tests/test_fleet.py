@@ -254,3 +254,36 @@ def test_the_digest_sees_every_field_but_the_wall_clock_stamps() -> None:
     moved = empty_detections(1)
     moved["x"] = 1e-6
     assert detections_digest([out(objects=moved)]) != digest
+
+
+def test_save_writes_the_drive_with_its_detections_on_its_clock(tmp_path) -> None:
+    """``--save``: the recording's messages as recorded and the replay's Detections beside
+    them, each at its camera frame's recorded capture time; the results do not change."""
+    from fusion.logs.reader import RecordingReader
+
+    city = SHIPPED[0]
+    plain = replay_recording(str(city), ReplayOptions(end_s=1.0))
+    result = replay_recording(
+        str(city), ReplayOptions(end_s=1.0, save_dir=str(tmp_path)), keep_detections=True
+    )
+    assert result.ok and result.digest == plain.digest and result.outputs == 20
+    saved = Path(result.saved)
+    assert saved == tmp_path / "city.replayed.mcap"
+    with RecordingReader(city) as source, RecordingReader(saved) as copy:
+        assert set(copy.topics) == set(source.topics) | {"detections"}
+        originals = [
+            (m.topic, m.log_time_ns, [bytes(f) for f in m.frames]) for m in source.messages()
+        ]
+        copied = [
+            (m.topic, m.log_time_ns, [bytes(f) for f in m.frames])
+            for m in copy.messages()
+            if m.topic != "detections"
+        ]
+        assert copied == originals  # byte for byte, at their log times
+        frames = {m.seq: m for _, m in ((r.topic, r.decode()) for r in source.messages(["camera"]))}
+        answers = [r.decode() for r in copy.messages(["detections"])]
+    assert len(answers) == result.outputs
+    for det, replayed in zip(answers, result.detections, strict=True):
+        frame = frames[det.source_seqs["camera"]]
+        assert (det.capture_ns, det.clock) == (frame.capture_ns, frame.clock)
+        assert det.objects.tobytes() == replayed.objects.tobytes()

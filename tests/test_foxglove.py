@@ -34,6 +34,7 @@ from fusion.logs.writer import RecordingWriter
 from fusion.perception.geometry import quaternion_to_rotation, rotation_to_quaternion
 from fusion.runtime.testing import FakePublisher
 from fusion.runtime.transport import Publisher
+from fusion.views.cli import DISPLAY_MIN_SCORE
 from fusion.wire import codec
 from fusion.wire.messages import DETECTION_DTYPE, CameraFrame, Detections, Message
 from tests import nodeproc
@@ -148,7 +149,8 @@ def read_foxglove(path: Path) -> dict[str, list[tuple[object, int, int, object]]
 @pytest.fixture(scope="module")
 def exported(source, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("out") / "foxglove.mcap"
-    assert fusion_main(["export", "foxglove", str(source[0]), "-o", str(out)]) == 0
+    every = ["--min-score", "0"]  # every detection's cube, whatever its score
+    assert fusion_main(["export", "foxglove", str(source[0]), "-o", str(out), *every]) == 0
     return out
 
 
@@ -520,3 +522,20 @@ def test_live_view_serves_the_graph_over_websocket(tmp_path) -> None:
             client.close()
         log_text = nodeproc.stop(proc, log_path)
     assert proc.returncode == 0, log_text
+
+
+def test_export_draws_detections_from_the_display_score_up(source, tmp_path) -> None:
+    out = tmp_path / "default.mcap"
+    assert fusion_main(["export", "foxglove", str(source[0]), "-o", str(out)]) == 0
+    dets = [m for t, m, _ in source[1] if t == "detections"]
+    scenes = [m for m, *_ in read_foxglove(out)[fx.DETECTIONS_TOPIC]]
+    assert len(scenes) == len(dets)
+    kept = [int((d.objects["score"] >= DISPLAY_MIN_SCORE).sum()) for d in dets]
+    assert [len(s.entities) for s in scenes] == kept and kept != [len(d.objects) for d in dets]
+
+
+def test_stages_off_the_trace_clock_use_only_trace_stamps() -> None:
+    trace = {"received": 10_000_000, "synced": 12_000_000, "decoded": 30_000_000}
+    on_monotonic = stage_latencies_ms(trace, 5_000_000, 40_000_000)
+    assert on_monotonic == {"sync": 2.0, "capture -> detections": 25.0, "capture -> recorded": 35.0}
+    assert stage_latencies_ms(trace, 5_000_000, 40_000_000, clock="sim") == {"sync": 2.0}

@@ -20,6 +20,7 @@ from fusion.logs.reader import RecordingReader
 from fusion.logs.writer import RecordingWriter
 from fusion.runtime import node
 from fusion.runtime.transport import Publisher
+from fusion.views import cli as views_cli
 from fusion.views import rerun as rerun_view
 from fusion.wire import codec
 from fusion.wire.messages import DETECTION_DTYPE, Detections, GroundTruth
@@ -242,13 +243,10 @@ def test_live_view_serves_what_the_graph_publishes(tmp_path: Path) -> None:
     from tests.nodeproc import calibration, camera_frame, radar_scan
 
     port = free_port()
-    args = argparse.Namespace(
-        host="127.0.0.1",
-        port=port,
-        duration_s=120.0,
-        endpoint=[],
-        stats_period_s=0.0,
-        rerun_web_port=None,
+    parser = argparse.ArgumentParser()
+    views_cli.add_view_arguments(parser)  # the command's own options and defaults
+    args = parser.parse_args(
+        ["--rerun", "--port", str(port), "--duration-s", "120", "--stats-period-s", "0"]
     )
     publishers = {t: Publisher(t) for t in ("calibration", "camera", "radar")}
     stop = node.ShutdownFlag(install=False)
@@ -299,3 +297,17 @@ def test_live_view_serves_what_the_graph_publishes(tmp_path: Path) -> None:
         assert not viewer.is_alive(), "the live view did not stop"
         for pub in publishers.values():
             pub.close()
+
+
+def test_the_web_viewer_stops_when_terminated() -> None:
+    """`rerun --serve-web` is the native binary itself: the `rerun` script would run it as a
+    child that outlives the script's termination (it kept serving, and spinning, after the
+    tests)."""
+    port = free_port()
+    proc = rerun_view.start_web_viewer("127.0.0.1", port, rerun_view.grpc_url("127.0.0.1", 1))
+    proc.terminate()
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while rerun_view.listening("127.0.0.1", port):
+        assert time.monotonic() < deadline, "the web viewer still serves after it was terminated"
+        time.sleep(0.1)

@@ -70,14 +70,21 @@ STAGES: tuple[tuple[str, str, str], ...] = (
 
 
 def stage_latencies_ms(
-    trace: Mapping[str, int], capture_ns: int, log_time_ns: int | None = None
+    trace: Mapping[str, int],
+    capture_ns: int,
+    log_time_ns: int | None = None,
+    *,
+    clock: str = "monotonic",
 ) -> dict[str, float]:
     """Stage name -> latency (ms), in `STAGES` order, for each stage whose two stamps are known.
-    Only meaningful for an output on the monotonic clock (its trace's clock); the caller checks
-    that."""
-    stamps = {**trace, "capture": capture_ns}
-    if log_time_ns is not None:
-        stamps["log"] = log_time_ns
+    The trace's stamps are monotonic; `capture_ns` and `log_time_ns` count only when `clock`
+    (the output's ``clock``) is ``monotonic`` too: on another clock (a lock-step replay put
+    back on the recording's clock) only the stages between two trace stamps are timed."""
+    stamps = dict(trace)
+    if clock == "monotonic":
+        stamps["capture"] = capture_ns
+        if log_time_ns is not None:
+            stamps["log"] = log_time_ns
     return {
         name: (stamps[end] - stamps[start]) / 1e6
         for name, start, end in STAGES

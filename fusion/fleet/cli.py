@@ -44,6 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replay.add_argument(
         "--weights", type=Path, default=DEFAULT_WEIGHTS, help="default: the committed sim weights"
     )
+    replay.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write each drive with the replay's Detections beside its messages to "
+        "DIR/<name>.replayed.mcap (for fusion export foxglove|rerun); a folder every worker sees",
+    )
     evaluate = sub.add_parser("eval", help="compare two models or commits on the same recordings")
     _add_common(evaluate)
     which = evaluate.add_mutually_exclusive_group(required=True)
@@ -150,6 +158,7 @@ def _options(args: argparse.Namespace, weights: Path) -> ReplayOptions:
         threads=args.threads,
         backend=args.backend,
         device=args.device,
+        save_dir=str(args.save.resolve()) if getattr(args, "save", None) else None,
     )
 
 

@@ -27,8 +27,10 @@ result with ``error`` set; a damaged one is replayed up to its damage, which ``d
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -41,14 +43,17 @@ from pathlib import Path
 import numpy as np
 
 from fusion.core.latency import LatencyHistogram, stage_latencies_ms
-from fusion.errors import FusionError, RecordingError, ReplayError
+from fusion.errors import CorruptRecordingError, FusionError, RecordingError, ReplayError
 from fusion.learn.replay import PLAYED_TOPICS, score_answers
+from fusion.logs.framing import METADATA_NAME
 from fusion.logs.player import ANSWER_TOPIC, CONTROL_TOPIC, Player
 from fusion.logs.reader import RecordingReader
 from fusion.model.weights import DEFAULT_WEIGHTS, file_digest
 from fusion.perception.pipeline import FusionPipeline, PipelineConfig
 from fusion.runtime.testing import FakeSubscriber
 from fusion.wire.messages import Detections
+
+log = logging.getLogger(__name__)
 
 #: The node's lock-step latency (the pipeline's own histogram): a frame's receipt -> decoded.
 LOCKSTEP_LATENCY = "received -> decoded"
@@ -67,6 +72,9 @@ class ReplayOptions:
     threads: int = 1  # torch threads per task
     backend: str = "torch"  # never "auto": its timed choice may differ between runs
     device: str = "cpu"
+    # Where to write each replayed drive (`save_replayed`), a folder every worker can write to;
+    # None: nowhere. It changes no result.
+    save_dir: str | None = None
 
 
 @dataclass
@@ -93,6 +101,7 @@ class RecordingResult:
     #: EvalResult.to_dict() plus counts; None without ground truth or when the file is damaged
     accuracy: dict | None = None
     digest: str = ""  # of the Detections, wall-clock stamps left out (`detections_digest`)
+    saved: str = ""  # the replayed drive's file (`ReplayOptions.save_dir`), if asked for
     worker: str = ""  # host:pid of the process that ran it
     #: per stage, every frame's latency (ms), for fleet-wide percentiles; not in the JSON
     stage_samples_ms: dict[str, list[float]] = field(default_factory=dict, repr=False)
@@ -247,7 +256,45 @@ def _replay(
         answers = {o.source_seqs["camera"]: o for o in outputs if "camera" in o.source_seqs}
         scores, counts = score_answers(path, answers, detector.cfg.class_names, options.end_s)
         result.accuracy = scores.to_dict() | {"counts": counts}
+    if options.save_dir:
+        result.saved = str(save_replayed(path, outputs, Path(options.save_dir)))
     result.detections = outputs
+
+
+def save_replayed(recording: Path, outputs: Sequence[Detections], out_dir: Path) -> Path:
+    """Write ``out_dir/<name>.replayed.mcap``: the recording's messages as recorded, and the
+    replay's `Detections` beside them, put back on the recording's clock (each at its camera
+    frame's recorded capture time, also its log time; the trace of the replay is kept), so that
+    `fusion export foxglove|rerun` shows what the model saw and what it answered on one
+    timeline. An existing file is replaced (the replay is deterministic)."""
+    from fusion.logs.recover import copy_messages
+    from fusion.logs.writer import RecordingWriter
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{recording.stem}.replayed.mcap"
+    partial = target.with_name(target.name + ".partial")
+    with RecordingReader(recording) as reader:
+        meta = dict(reader.metadata.get(METADATA_NAME, {}))
+        clock = _camera_clock(reader)
+        meta["replayed_from"] = str(recording)
+        with RecordingWriter(partial, metadata=meta) as writer:
+            try:
+                copy_messages(reader, writer)
+            except CorruptRecordingError as exc:  # the replay stopped at the damage too
+                log.warning("%s: copied up to the damage: %s", recording, exc)
+            for det in outputs:
+                det = copy.copy(det)
+                det.capture_ns = det.trace.get("recorded_capture_ns", det.capture_ns)
+                det.clock = clock
+                writer.write(ANSWER_TOPIC, det, det.capture_ns)
+    partial.replace(target)
+    return target
+
+
+def _camera_clock(reader: RecordingReader) -> str:
+    for record in reader.messages(topics=["camera"]):
+        return record.decode().clock
+    return "monotonic"
 
 
 def _summarise(

@@ -250,9 +250,11 @@ class FoxgloveConverter:
     """Turns our messages into `FoxgloveMessage`s (see the module docstring for the channels).
 
     Stateful only for the health channel's counters (cumulative over the `Detections` seen) and
-    the counts of what it skipped, by reason (`skipped`)."""
+    the counts of what it skipped, by reason (`skipped`). Detections scoring under `min_score`
+    get no cube (a recording keeps them all: 0 by default; the views' commands pass 0.3)."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_score: float = 0.0) -> None:
+        self.min_score = min_score
         self.counters: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self._log = RateLimitedLog(log)
@@ -333,6 +335,7 @@ class FoxgloveConverter:
                 DETECTION_ALPHA,
             )
             for i, box in enumerate(det.objects)
+            if box["score"] >= self.min_score
         ]
         yield FoxgloveMessage(DETECTIONS_TOPIC, SCENE_UPDATE_SCHEMA, _scene(entities, stamp))
         self.counters["outputs"] += 1
@@ -348,8 +351,10 @@ class FoxgloveConverter:
             **{k: self.counters[k] for k in (*HEALTH_COUNTERS, *DETECTION_MODES)},
         }
         yield FoxgloveMessage(HEALTH_TOPIC, HEALTH_SCHEMA, json.dumps(health).encode())
-        if det.clock == "monotonic":  # only then do the trace's stamps share a clock
-            stages = stage_latencies_ms(det.trace, det.capture_ns, log_time_ns)
+        # On another clock than the trace's (a lock-step replay put back on its recording's
+        # clock), only the stages between two trace stamps are timed.
+        stages = stage_latencies_ms(det.trace, det.capture_ns, log_time_ns, clock=det.clock)
+        if stages:
             latency = {
                 "camera_seq": det.source_seqs.get("camera", -1),
                 "mode": det.mode,

@@ -40,25 +40,23 @@ def recover(
         meta["recovered_damage"] = str(reader.damage) if reader.damage else ""
         with RecordingWriter(dst, chunk_size=chunk_size, metadata=meta) as writer:
             try:
-                for m in reader.messages(views=True):
-                    if isinstance(m, ViewMessage):
-                        writer.write_view(
-                            m.topic,
-                            m.schema,
-                            m.data,
-                            m.log_time_ns,
-                            m.publish_time_ns,
-                            sequence=m.sequence,
-                        )
-                    else:
-                        writer.write_frames(
-                            m.topic,
-                            m.frames,
-                            m.log_time_ns,
-                            m.publish_time_ns,
-                            sequence=m.sequence,
-                        )
+                copy_messages(reader, writer)
             except CorruptRecordingError as exc:
                 total = sum(writer.counts.values()) + sum(writer.view_counts.values())
                 log.warning("recovered %d messages; then: %s", total, exc)
             return {**writer.counts, **writer.view_counts}
+
+
+def copy_messages(reader: RecordingReader, writer: RecordingWriter) -> None:
+    """Write every message `reader` holds into `writer`, byte for byte, with its log time,
+    publish time and sequence: our channels and the view channels alike. Raises the reader's
+    `CorruptRecordingError` after copying every intact chunk of a damaged file."""
+    for m in reader.messages(views=True):
+        if isinstance(m, ViewMessage):
+            writer.write_view(
+                m.topic, m.schema, m.data, m.log_time_ns, m.publish_time_ns, sequence=m.sequence
+            )
+        else:
+            writer.write_frames(
+                m.topic, m.frames, m.log_time_ns, m.publish_time_ns, sequence=m.sequence
+            )

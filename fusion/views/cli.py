@@ -19,6 +19,18 @@ from fusion.runtime import node
 
 #: viewer -> its module
 VIEWERS = {"foxglove": "fusion.views.foxglove", "rerun": "fusion.views.rerun"}
+#: Detections drawn from this score up by default, as the video viewer (`nodes.viewer`) does:
+#: the model's outputs go down to its decoder's threshold, too many boxes to read.
+DISPLAY_MIN_SCORE = 0.3
+
+
+def _add_min_score(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=DISPLAY_MIN_SCORE,
+        help=f"draw detections from this score up (default {DISPLAY_MIN_SCORE}; 0: all)",
+    )
 
 
 def _viewer(name: str):
@@ -31,6 +43,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=f"write a recording as a {name.title()} file")
         p.add_argument("file", help="recording (.mcap)")
         p.add_argument("-o", "--output", required=True, help="file to write")
+        _add_min_score(p)
         _viewer(name).add_export_arguments(p)
 
 
@@ -55,6 +68,7 @@ def add_view_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--duration-s", type=float, default=0.0, help="stop after this many seconds (0: never)"
     )
+    _add_min_score(parser)
     node.add_common_arguments(parser)
     for name in VIEWERS:
         _viewer(name).add_view_arguments(parser)

@@ -74,7 +74,7 @@ def export(args: argparse.Namespace) -> int:
         meta = dict(reader.metadata.get(METADATA_NAME, {}))
         meta["exported_from"] = str(src)
         with RecordingWriter(dst, metadata=meta) as writer:
-            views = FoxgloveChannels(writer)
+            views = FoxgloveChannels(writer, FoxgloveConverter(args.min_score))
             try:
                 for rec in reader.messages():
                     if args.with_msgpack:
@@ -181,7 +181,7 @@ def view(args: argparse.Namespace) -> int:
         server.port,
         server.app_url(),
     )
-    converter = FoxgloveConverter()
+    converter = FoxgloveConverter(args.min_score)
     stats = node.StatsLine(
         "view",
         args.stats_period_s,

@@ -152,10 +152,12 @@ def blueprint() -> rrb.Blueprint:
 class RerunLogger:
     """Logs our messages to a `rr.RecordingStream` as Rerun archetypes (see the module
     docstring for the entities). `log` takes messages in log order; `skip` counts one that could
-    not be used. `logged` counts messages logged by topic, `skipped` those skipped by reason."""
+    not be used. `logged` counts messages logged by topic, `skipped` those skipped by reason.
+    Detections scoring under `min_score` are not drawn."""
 
-    def __init__(self, rec: rr.RecordingStream) -> None:
+    def __init__(self, rec: rr.RecordingStream, min_score: float = 0.0) -> None:
         self.rec = rec
+        self.min_score = min_score
         self.logged: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.camera_id: str | None = None
@@ -304,7 +306,7 @@ class RerunLogger:
 
     def _detections(self, det: Detections, log_time_ns: int) -> bool:
         self.rec.set_time(FRAME_TIMELINE, sequence=det.source_seqs.get("camera", self.frame_seq))
-        objects = det.objects
+        objects = det.objects[det.objects["score"] >= self.min_score]
         labels = [
             f"{_class_name(c)} {s:.2f}"
             for c, s in zip(objects["class_id"], objects["score"], strict=True)
@@ -313,9 +315,11 @@ class RerunLogger:
         for key, value in det.health.items():
             if np.isfinite(value):
                 self.rec.log(f"health/{key}", rr.Scalars(float(value)))
-        if det.clock == "monotonic":  # other clocks' traces cannot be compared with log times
-            for stage, ms in stage_latencies_ms(det.trace, det.capture_ns, log_time_ns).items():
-                self.rec.log(stage_entity(stage), rr.Scalars(ms))
+        # On another clock than the trace's (a lock-step replay put back on its recording's
+        # clock), only the stages between two trace stamps are timed.
+        stages = stage_latencies_ms(det.trace, det.capture_ns, log_time_ns, clock=det.clock)
+        for stage, ms in stages.items():
+            self.rec.log(stage_entity(stage), rr.Scalars(ms))
         self.budget_misses += det.budget_miss
         self.invalid_outputs += not det.valid
         self.rec.log("counters/objects/detected", rr.Scalars(len(objects)))
@@ -429,7 +433,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """``fusion export rerun FILE -o OUT.rrd`` takes no options of its own."""
 
 
-def export_recording(path: str | os.PathLike[str], output: str | os.PathLike[str]) -> RerunLogger:
+def export_recording(
+    path: str | os.PathLike[str], output: str | os.PathLike[str], min_score: float = 0.0
+) -> RerunLogger:
     """Write the viewable topics of recording `path` to the Rerun file `output` (with the
     default `blueprint`); returns the logger, whose counters say what was logged and skipped.
 
@@ -446,7 +452,7 @@ def export_recording(path: str | os.PathLike[str], output: str | os.PathLike[str
         except Exception as exc:  # the SDK raises plain exceptions for an unwritable path
             raise RecordingError(f"cannot write {output}: {exc}") from exc
         rec.send_recording_name(Path(path).stem)
-        logger = RerunLogger(rec)
+        logger = RerunLogger(rec, min_score)
         try:
             for record in reader.messages(topics=LIVE_TOPICS):
                 try:
@@ -462,7 +468,7 @@ def export_recording(path: str | os.PathLike[str], output: str | os.PathLike[str
 
 
 def export(args: argparse.Namespace) -> int:
-    logger = export_recording(args.file, args.output)
+    logger = export_recording(args.file, args.output, args.min_score)
     log.info(
         "wrote %s: %s%s",
         args.output,
@@ -497,7 +503,17 @@ def web_viewer_url(host: str, web_port: int, connect_to: str) -> str:
 
 
 def rerun_program() -> str:
-    """The ``rerun`` program of the installed ``rerun-sdk`` (beside this Python first)."""
+    """The ``rerun`` program of the installed ``rerun-sdk``: its native binary. (The ``rerun``
+    script beside Python is a wrapper that runs the binary as its child; terminating the
+    wrapper would leave the binary serving, and spinning, after we stop.)"""
+    try:
+        import rerun_cli
+
+        binary = Path(rerun_cli.__file__).with_name("rerun")
+    except ImportError:
+        binary = None
+    if binary is not None and binary.exists():
+        return str(binary)
     beside = Path(sys.executable).with_name("rerun")
     found = str(beside) if beside.exists() else shutil.which("rerun")
     if found is None:
@@ -562,7 +578,7 @@ def view(args: argparse.Namespace, shutdown: node.ShutdownFlag | None = None) ->
         if args.rerun_web_port:
             web = start_web_viewer(args.host, args.rerun_web_port, url)
             log.info("Rerun: web viewer at %s", web_viewer_url(args.host, args.rerun_web_port, url))
-        run_live(rec, source, args.duration_s, args.stats_period_s, shutdown)
+        run_live(rec, source, args.duration_s, args.stats_period_s, shutdown, args.min_score)
     finally:
         source.close()
         if web is not None:
@@ -579,11 +595,12 @@ def run_live(
     duration_s: float,
     stats_period_s: float,
     shutdown: node.ShutdownFlag | None = None,
+    min_score: float = 0.0,
 ) -> RerunLogger:
     """Log what `source` delivers to `rec` until SIGINT/SIGTERM or `duration_s` (0: never),
     with the subscribers' counters under ``counters/inputs/<topic>/<counter>`` every
     `LIVE_COUNTERS_PERIOD_S`."""
-    logger = RerunLogger(rec)
+    logger = RerunLogger(rec, min_score)
     if shutdown is None:  # not `or`: a flag that is not set is false
         shutdown = node.ShutdownFlag()
     stats = node.StatsLine(
