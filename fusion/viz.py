@@ -93,13 +93,8 @@ def draw_camera(
 def _draw_box(
     image: np.ndarray, camera: CameraModel, box: np.ndarray, color, thickness: int
 ) -> None:
-    corners = box_corners(
-        np.array([box["x"], box["y"], box["z"]]),
-        np.array([box["l"], box["w"], box["h"]]),
-        float(box["yaw"]),
-    )
-    uv, depth = camera.project(corners)
-    if np.any(depth <= 0.1) or not np.all(np.isfinite(uv)):
+    uv = camera.project_box(box)
+    if uv is None:
         return
     h, w = image.shape[:2]
     if np.all((uv[:, 0] < 0) | (uv[:, 0] >= w) | (uv[:, 1] < 0) | (uv[:, 1] >= h)):

@@ -98,6 +98,10 @@ def box_corners(center: np.ndarray, size_lwh: np.ndarray, yaw_rad: float) -> np.
     return corners + np.asarray(center, dtype=np.float64)
 
 
+#: How far in front of the camera every corner of a box must be for it to be drawn (m).
+MIN_BOX_DEPTH_M = 0.1
+
+
 @dataclass(frozen=True)
 class CameraModel:
     """A pinhole camera: intrinsics ``K`` (3x3), image size, and ``ref_to_cam`` (4x4)."""
@@ -150,6 +154,20 @@ class CameraModel:
             uv = uvw[:, :2] / uvw[:, 2:3]
         uv[depth <= 0.1] = np.nan
         return uv, depth
+
+    def project_box(self, box: np.void) -> np.ndarray | None:
+        """The pixel coordinates (8, 2) of the corners of `box` (a record with x y z l w h
+        yaw: a detection or a ground-truth box), or None when a corner is not at least
+        `MIN_BOX_DEPTH_M` in front of the camera or does not project to a finite pixel."""
+        corners = box_corners(
+            np.array([box["x"], box["y"], box["z"]]),
+            np.array([box["l"], box["w"], box["h"]]),
+            float(box["yaw"]),
+        )
+        uv, depth = self.project(corners)
+        if np.any(depth <= MIN_BOX_DEPTH_M) or not np.all(np.isfinite(uv)):
+            return None
+        return uv
 
     def in_image(self, uv: np.ndarray) -> np.ndarray:
         """Mask of pixel coordinates inside the image (NaN counts as outside)."""

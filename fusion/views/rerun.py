@@ -58,7 +58,7 @@ from fusion.core.latency import STAGES, stage_latencies_ms
 from fusion.core.ratelog import RateLimitedLog
 from fusion.errors import CalibrationError, DecodeError, FusionError, RecordingError
 from fusion.logs.reader import RecordingReader
-from fusion.perception.geometry import CameraModel, box_corners
+from fusion.perception.geometry import CameraModel
 from fusion.runtime import node
 from fusion.views.live import LIVE_TOPICS, LiveSource
 from fusion.wire import validate
@@ -410,13 +410,8 @@ def image_boxes(
     mins, sizes, shown = [], [], np.zeros(len(boxes), bool)
     limit = np.array([camera.width_px, camera.height_px], np.float64)
     for i, box in enumerate(boxes):
-        corners = box_corners(
-            np.array([box["x"], box["y"], box["z"]]),
-            np.array([box["l"], box["w"], box["h"]]),
-            float(box["yaw"]),
-        )
-        uv, depth = camera.project(corners)
-        if np.any(depth <= 0.1) or not np.all(np.isfinite(uv)):
+        uv = camera.project_box(box)
+        if uv is None:
             continue
         lo, hi = np.clip(uv.min(axis=0), 0, limit), np.clip(uv.max(axis=0), 0, limit)
         if np.all(hi > lo):
