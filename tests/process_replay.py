@@ -36,7 +36,6 @@ from fusion.logs.player import Player
 from fusion.logs.reader import RecordingReader
 from fusion.logs.writer import RecordingWriter
 from fusion.perception.pipeline import FusionPipeline, PipelineConfig
-from fusion.runtime.testing import FakeSubscriber
 from fusion.wire.messages import DETECTION_DTYPE, Detections
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,15 +123,8 @@ CONFIGS = (
 def lockstep_stream(config: ReplayConfig):
     """What ``fusion play --lockstep`` publishes for `config`, in order, steps included."""
     reader = RecordingReader(config.path())
-    player = Player(
-        reader,
-        lockstep=True,
-        answers=FakeSubscriber("detections"),  # nobody answers: only the stream is used
-        topics=config.topics,
-        end_s=config.end_s,
-        clock_ns=lambda: 0,  # stamps = recorded capture time - start of the window
-        faults=FaultInjector(config.faults) if config.faults else None,
-    )
+    faults = FaultInjector(config.faults) if config.faults else None
+    player = Player.in_process(reader, topics=config.topics, end_s=config.end_s, faults=faults)
     return player.lockstep_stream()
 
 

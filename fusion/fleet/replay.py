@@ -50,7 +50,6 @@ from fusion.logs.player import ANSWER_TOPIC, CONTROL_TOPIC, Player
 from fusion.logs.reader import RecordingReader
 from fusion.model.weights import DEFAULT_WEIGHTS, file_digest
 from fusion.perception.pipeline import FusionPipeline, PipelineConfig
-from fusion.runtime.testing import FakeSubscriber
 from fusion.wire.messages import Detections
 
 log = logging.getLogger(__name__)
@@ -232,14 +231,7 @@ def _replay(
         if "camera" not in topics:
             raise ReplayError(f"{path} has no camera topic to replay (it has {topics})")
         has_truth = "ground_truth" in reader.topics
-        player = Player(
-            reader,
-            lockstep=True,
-            answers=FakeSubscriber(ANSWER_TOPIC),  # nobody answers: only the stream is used
-            topics=topics,
-            end_s=options.end_s,
-            clock_ns=lambda: 0,  # stamps = recorded capture time - the window's start
-        )
+        player = Player.in_process(reader, topics=topics, end_s=options.end_s)
         pipeline = FusionPipeline(detector, PipelineConfig(lockstep=True))
         outputs: list[Detections] = []
         started = time.perf_counter()

@@ -31,7 +31,6 @@ from fusion.logs.reader import RecordingReader
 from fusion.perception.frame import FrameInputs
 from fusion.perception.geometry import CameraModel
 from fusion.perception.pipeline import FusionPipeline, PipelineConfig
-from fusion.runtime.testing import FakeSubscriber
 from fusion.sim import simulate
 from fusion.wire.messages import GroundTruth, Message, empty_detections
 
@@ -92,12 +91,7 @@ def labelled_frames(
     Frames without ground truth are skipped, and with `fused_only` frames the node would not
     fuse (training makes its own camera- and radar-only samples).
     `input_size` (width, height) is the model's: it decides how small a JPEG may be decoded."""
-    player = Player(
-        log,
-        lockstep=True,
-        answers=FakeSubscriber("detections"),  # nobody answers: only the stream is used
-        clock_ns=lambda: 0,  # stamps = log time - the log's start
-    )
+    player = Player.in_process(log)
     capture = _Capture(input_size)
     pipeline = FusionPipeline(capture, PipelineConfig(lockstep=True), clock_ns=lambda: 0)
     truths: dict[int, np.ndarray] = {}

@@ -51,7 +51,6 @@ from fusion.logs.framing import ViewSchema
 from fusion.logs.writer import RecordingWriter
 from fusion.perception.geometry import rotation_to_quaternion
 from fusion.wire.messages import (
-    CLASS_NAMES,
     DETECTION_MODES,
     Calibration,
     CameraFrame,
@@ -60,6 +59,7 @@ from fusion.wire.messages import (
     GroundTruth,
     Message,
     RadarScan,
+    class_name,
 )
 
 log = logging.getLogger(__name__)
@@ -187,10 +187,6 @@ def _yaw_quaternion(yaw_rad: float) -> fm.Quaternion:
     return fm.Quaternion(x=0.0, y=0.0, z=math.sin(yaw_rad / 2), w=math.cos(yaw_rad / 2))
 
 
-def _class_name(class_id: int) -> str:
-    return CLASS_NAMES[class_id] if 0 <= class_id < len(CLASS_NAMES) else f"class {class_id}"
-
-
 def _color(class_id: int, alpha: float) -> fm.Color:
     r, g, b = CLASS_RGB[class_id] if 0 <= class_id < len(CLASS_RGB) else UNKNOWN_CLASS_RGB
     return fm.Color(r=r, g=g, b=b, a=alpha)
@@ -231,7 +227,7 @@ def _box_entity(
         frame_id=EGO_FRAME,
         id=entity_id,
         metadata=[
-            fm.KeyValuePair(key="class", value=_class_name(class_id)),
+            fm.KeyValuePair(key="class", value=class_name(class_id)),
             fm.KeyValuePair(key="speed_mps", value=f"{speed:.2f}"),
         ],
         cubes=[cube],
@@ -331,7 +327,7 @@ class FoxgloveConverter:
                 box,
                 f"det{i}",
                 stamp,
-                f"{_class_name(int(box['class_id']))} {float(box['score']):.2f}",
+                f"{class_name(int(box['class_id']))} {float(box['score']):.2f}",
                 DETECTION_ALPHA,
             )
             for i, box in enumerate(det.objects)
@@ -370,7 +366,7 @@ class FoxgloveConverter:
                 box,
                 f"gt{int(box['track_id'])}",
                 stamp,
-                f"{_class_name(int(box['class_id']))} #{int(box['track_id'])}",
+                f"{class_name(int(box['class_id']))} #{int(box['track_id'])}",
                 GROUND_TRUTH_ALPHA,
             )
             for box in gt.boxes

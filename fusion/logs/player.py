@@ -62,6 +62,7 @@ from fusion.logs.faults import FaultInjector
 from fusion.logs.reader import RecordingReader
 from fusion.perception.sync import DEFAULT_SLOP_MS
 from fusion.runtime import heartbeat
+from fusion.runtime.testing import FakeSubscriber
 from fusion.wire.messages import SENT_EVERYTHING_NS, Detections, Message, ReplayControl, restamp
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,30 @@ class PlayStats:
 
 class Player:
     """Publishes a recording; see the module docstring for modes and re-stamping."""
+
+    @classmethod
+    def in_process(
+        cls,
+        reader: RecordingReader,
+        *,
+        topics: Iterable[str] | None = None,
+        end_s: float | None = None,
+        faults: FaultInjector | None = None,
+    ) -> Player:
+        """A lock-step player whose `lockstep_stream` feeds a pipeline in this process (training
+        samples, process replay, fleet tasks): what ``fusion play --lockstep`` publishes, in
+        order, steps included, with nobody to answer and stamps on a clock that starts at 0
+        (recorded capture time minus the window's start), so the stream is the same on every
+        run and machine."""
+        return cls(
+            reader,
+            lockstep=True,
+            answers=FakeSubscriber(ANSWER_TOPIC),  # nobody answers: only the stream is used
+            topics=topics,
+            end_s=end_s,
+            clock_ns=lambda: 0,
+            faults=faults,
+        )
 
     def __init__(
         self,

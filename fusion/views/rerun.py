@@ -71,6 +71,7 @@ from fusion.wire.messages import (
     GroundTruth,
     Message,
     RadarScan,
+    class_name,
 )
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ class RerunLogger:
         self.rec.set_time(FRAME_TIMELINE, sequence=det.source_seqs.get("camera", self.frame_seq))
         objects = det.objects[det.objects["score"] >= self.min_score]
         labels = [
-            f"{_class_name(c)} {s:.2f}"
+            f"{class_name(c)} {s:.2f}"
             for c, s in zip(objects["class_id"], objects["score"], strict=True)
         ]
         self._boxes("detections", objects, labels, colors=None)
@@ -330,7 +331,7 @@ class RerunLogger:
     def _ground_truth(self, gt: GroundTruth) -> bool:
         boxes = gt.boxes
         labels = [
-            f"{_class_name(c)} #{t}"
+            f"{class_name(c)} #{t}"
             for c, t in zip(boxes["class_id"], boxes["track_id"], strict=True)
         ]
         self._boxes("ground_truth", boxes, labels, colors=GT_COLOR)
@@ -395,10 +396,6 @@ class RerunLogger:
             self.rec.log("world/ego_path", rr.LineStrips3D([np.array(self._path)]))
             self._path_logged_ns = ego.capture_ns
         return True
-
-
-def _class_name(class_id: int) -> str:
-    return CLASS_NAMES[class_id] if 0 <= class_id < len(CLASS_NAMES) else "?"
 
 
 def image_boxes(

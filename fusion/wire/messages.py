@@ -31,6 +31,13 @@ SCHEMA_VERSION = 1
 #: Object classes the model detects, by class id.
 CLASS_NAMES: tuple[str, ...] = ("car", "truck", "pedestrian", "cyclist")
 
+
+def class_name(class_id: int) -> str:
+    """The name of a class id, or ``class <id>`` for one outside `CLASS_NAMES` (a label must
+    never fail on a box from another model or a hostile message)."""
+    return CLASS_NAMES[class_id] if 0 <= class_id < len(CLASS_NAMES) else f"class {class_id}"
+
+
 #: One radar detection, in the radar sensor frame (x forward, y left, z up; metres, m/s).
 #: ``v_r`` is the Doppler radial velocity, positive moving away; ``rcs`` is the radar cross
 #: section in dBsm (or the sensor's magnitude where RCS is not calibrated); ``dt_s`` is the point's
